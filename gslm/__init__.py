@@ -1,0 +1,1 @@
+"""GSLM: General / Specific Learning Modules with Seed Reactivation."""

@@ -1,0 +1,1 @@
+"""Progressive Patch Learning (PPL) for weakly supervised semantic segmentation."""

@@ -1,0 +1,111 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from wsss.config import ConfigError, config_from_dict, load_config, save_config, to_dict
+
+
+def write(path: Path, data) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def test_base_merge_order_levels_and_relative_paths(tmp_path):
+    write(tmp_path / "bases/a.yaml", {"data": {"root": "/a", "num_classes": 3}, "train": {"lr": 0.1, "epochs": 1}})
+    write(tmp_path / "bases/b.yaml", {"_base_": "a.yaml", "train": {"lr": 0.2}, "model": {"backbone": "resnet18"}})
+    write(tmp_path / "bases/c.yaml", {"train": {"epochs": 7}, "cam": {"scales": [1.0]}})
+    cfg_path = write(tmp_path / "exp/my_exp.yaml", {"_base_": ["../bases/b.yaml", "../bases/c.yaml"],
+                                                    "train": {"batch_size": 4}, "cam": {"scales": [1.0, 2.0]}})
+    cfg = load_config(cfg_path)
+    assert cfg.data.root == "/a" and cfg.data.num_classes == 3  # from two levels down
+    assert cfg.train.lr == 0.2  # b overrides a
+    assert cfg.train.epochs == 7  # c (later base) overrides b's base
+    assert cfg.train.batch_size == 4  # the file's own key
+    assert cfg.cam.scales == [1.0, 2.0]  # lists replace, not merge
+    assert cfg.model.backbone == "resnet18"
+    assert cfg.train.momentum == 0.0  # a declared default
+    assert cfg.exp_name == "my_exp" and cfg.work_dir == str(Path("work_dirs") / "my_exp")
+
+
+def test_cli_overrides_win_and_parse_yaml_values(tmp_path):
+    p = write(tmp_path / "x.yaml", {"data": {"root": "/a"}, "train": {"lr": 0.1}})
+    cfg = load_config(p, ["train.lr=0.01", "cam.scales=[1.0,0.5]", "runtime.deterministic=true", "work_dir=/tmp/w",
+                          "train.aug.crop_size=64"])
+    assert cfg.train.lr == 0.01 and isinstance(cfg.train.lr, float)
+    assert cfg.cam.scales == [1.0, 0.5]
+    assert cfg.runtime.deterministic is True
+    assert cfg.work_dir == "/tmp/w"
+    assert cfg.train.aug.crop_size == 64
+    assert cfg.cam.out_dir == "/tmp/w/cams"  # derived paths follow work_dir
+
+
+def test_int_is_accepted_for_float(tmp_path):
+    p = write(tmp_path / "x.yaml", {"data": {"root": "/a"}, "train": {"lr": 1}})
+    assert load_config(p).train.lr == 1.0
+
+
+@pytest.mark.parametrize("data,overrides,pattern", [
+    ({"data": {"root": "/a"}, "train": {"lrr": 0.1}}, [], r"unknown key 'train.lrr' \(from .*x.yaml\)"),
+    ({"data": {"root": "/a"}}, ["train.lrr=1"], r"unknown key 'train.lrr' \(from the command line\)"),
+    ({"data": {"root": "/a"}, "train": {"lr": "fast"}}, [], r"train.lr: expected float, got str 'fast' \(from .*x.yaml\)"),
+    ({"data": {"root": "/a"}}, ["train.epochs=1.5"], r"train.epochs: expected int, got float 1.5 \(from the command line\)"),
+    ({"data": {"root": "/a"}, "runtime": {"amp": "fp8"}}, [], r"runtime.amp: expected 'none' \| 'bf16' \| 'fp16'"),
+    ({"data": {"root": "/a"}, "cam": {"scales": [1.0, "x"]}}, [], r"cam.scales\[1\]: expected float"),
+    ({"data": {"root": "/a"}, "train": 3}, [], r"train: expected mapping"),
+    ({"train": {"lr": 0.1}}, [], r"missing required key 'data.root'"),
+])
+def test_errors_name_key_and_file(tmp_path, data, overrides, pattern):
+    p = write(tmp_path / "x.yaml", data)
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(p, overrides)
+
+
+def test_missing_base_names_file_and_referrer(tmp_path):
+    p = write(tmp_path / "x.yaml", {"_base_": "nope.yaml", "data": {"root": "/a"}})
+    with pytest.raises(ConfigError, match=r"config file not found: .*nope.yaml \(named in _base_ of .*x.yaml\)"):
+        load_config(p)
+
+
+def test_circular_base(tmp_path):
+    write(tmp_path / "a.yaml", {"_base_": "b.yaml"})
+    write(tmp_path / "b.yaml", {"_base_": "a.yaml"})
+    with pytest.raises(ConfigError, match=r"circular _base_: .*a.yaml -> .*b.yaml -> .*a.yaml"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_invalid_yaml_and_bad_override(tmp_path):
+    p = write(tmp_path / "x.yaml", "data: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"x.yaml: not valid YAML"):
+        load_config(p)
+    q = write(tmp_path / "y.yaml", {"data": {"root": "/a"}})
+    with pytest.raises(ConfigError, match=r"not of the form key=value"):
+        load_config(q, ["train.lr"])
+
+
+def test_registered_sections_are_validated(tmp_path):
+    p = write(tmp_path / "x.yaml", {"data": {"root": "/a"}, "seg": {"iterations": 5, "bogus": 1}})
+    with pytest.raises(ConfigError, match=r"unknown key 'seg.bogus'"):
+        load_config(p)
+    p2 = write(tmp_path / "z.yaml", {"data": {"root": "/a"}, "seg": {"iterations": 5}})
+    cfg = load_config(p2)
+    assert cfg.seg.iterations == 5 and cfg.seg.lr == 2.5e-4
+
+
+def test_resolved_config_round_trip(tmp_path):
+    p = write(tmp_path / "x.yaml", {"data": {"root": "/a"}, "train": {"lr": 0.3}, "work_dir": str(tmp_path / "w")})
+    cfg = load_config(p, ["seg.iterations=7"])
+    out = save_config(cfg)
+    assert out == tmp_path / "w" / "config.yaml"
+    again = load_config(out)
+    assert to_dict(again) == to_dict(cfg)
+    assert to_dict(config_from_dict(to_dict(cfg))) == to_dict(cfg)
+
+
+def test_shipped_configs_all_load():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    files = [f for f in root.rglob("*.yaml") if "_base_" not in f.parts]
+    assert files
+    for f in files:
+        load_config(f)

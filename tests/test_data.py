@@ -1,0 +1,253 @@
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from wsss.config import AugConfig
+from wsss.data.coco import prepare_coco
+from wsss.data.datasets import ClassificationDataset, InferenceDataset, SegmentationDataset
+from wsss.data.labels import COCO_CATEGORY_IDS, ImageLabels
+from wsss.data.synthetic import boundary_band, generate_synthetic_voc
+from wsss.data.transforms import TrainTransform
+from wsss.data.voc import VOCLayout, parse_annotation, prepare_voc
+from wsss.fileio import DataError, read_id_list, read_image, read_mask, write_id_list, write_palette_png
+
+
+
+def test_synthetic_layout_is_voc(tiny_root):
+    L = VOCLayout(tiny_root)
+    for d in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation"):
+        assert (tiny_root / d).is_dir(), d
+    counts = {s: len(L.read_split(s)) for s in ("train", "val", "test", "train_aug")}
+    assert counts == {"train": 12, "val": 8, "test": 3, "train_aug": 24}
+    assert set(L.read_split("train")) < set(L.read_split("train_aug"))
+    assert not set(L.read_split("val")) & set(L.read_split("train_aug"))
+    labels = ImageLabels.load(tiny_root / "cls_labels.json", 3)
+    assert labels.classes == ["aeroplane", "bicycle", "bird"]
+    for i in L.read_split("train"):
+        img = read_image(L.image(i))
+        gt = read_mask(L.mask(i), 3)
+        aug = read_mask(L.mask(i, "SegmentationClassAug"), 3)
+        assert img.shape == (64, 64, 3) and gt.shape == (64, 64)
+        with Image.open(L.mask(i)) as im:
+            assert im.mode == "P"  # palette PNG, as VOC
+        # VOC GT has a 255 outline, the SBD-style Aug GT does not
+        assert (gt == 255).any() and not (aug == 255).any()
+        assert ((gt == aug) | (gt == 255)).all()
+        # image-level labels = classes present in the mask = objects of the XML
+        present = sorted(int(v) - 1 for v in np.unique(aug) if v != 0)
+        assert labels.indices(i) == present == parse_annotation(L.annotation(i), labels.classes)
+        assert 1 <= len(present) <= 3
+
+
+def test_synthetic_is_deterministic_and_seed_dependent(tmp_path):
+    def digest(root):
+        h = hashlib.sha256()
+        for p in sorted(Path(root).rglob("*")):
+            if p.is_file():
+                h.update(p.name.encode())
+                h.update(p.read_bytes())
+        return h.hexdigest()
+
+    kw = dict(image_size=48, num_train=3, num_aug=2, num_val=2, num_test=1, num_classes=2)
+    generate_synthetic_voc(tmp_path / "a", seed=1, **kw)
+    generate_synthetic_voc(tmp_path / "b", seed=1, **kw)
+    generate_synthetic_voc(tmp_path / "c", seed=2, **kw)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    assert digest(tmp_path / "a") != digest(tmp_path / "c")
+
+
+def test_synthetic_has_the_wsss_difficulty(tiny_root):
+    """Small class-specific part, large body: the part covers a small share of each object."""
+    from wsss.data.synthetic import class_styles, render_scene
+
+    rng = np.random.default_rng(0)
+    styles = class_styles(5)
+    fractions, n_objects = [], []
+    for _ in range(30):
+        img, label, instances = render_scene(rng, 128, styles)
+        n_objects.append(len(instances))
+        for inst in instances:
+            x0, y0, x1, y1 = inst.part_box
+            fractions.append((x1 - x0) * (y1 - y0) / inst.mask.sum())
+    assert max(fractions) < 0.12  # the part is a small share of the object
+    assert set(n_objects) <= {1, 2, 3}
+
+
+def test_boundary_band():
+    lab = np.zeros((5, 5), np.uint8)
+    lab[1:4, 1:4] = 2
+    band = boundary_band(lab)
+    assert band[1, 1] and band[0, 1] and not band[2, 2] and not band[0, 0]
+
+
+def test_prepare_voc_rebuilds_train_aug_and_labels(tiny_root, tmp_path):
+    root = tmp_path / "VOC2012"
+    shutil.copytree(tiny_root, root)
+    (root / "ImageSets/Segmentation/train_aug.txt").unlink()
+    (root / "cls_labels.json").unlink()
+    r = prepare_voc(root, classes=["aeroplane", "bicycle", "bird"], strict_standard=True)
+    assert r["counts"] == {"train": 12, "val": 8, "test": 3, "train_aug": 24}
+    assert read_id_list(root / "ImageSets/Segmentation/train_aug.txt") == read_id_list(tiny_root / "ImageSets/Segmentation/train_aug.txt")
+    assert ImageLabels.load(root / "cls_labels.json").labels == ImageLabels.load(tiny_root / "cls_labels.json").labels
+    assert not any(r["missing"].values())
+
+
+def test_prepare_voc_from_sbd_lists(tiny_root, tmp_path):
+    root = tmp_path / "VOC2012"
+    shutil.copytree(tiny_root, root)
+    shutil.rmtree(root / "SegmentationClassAug")
+    sbd = tmp_path / "sbd"
+    aug_only = sorted(set(read_id_list(tiny_root / "ImageSets/Segmentation/train_aug.txt")) - set(read_id_list(tiny_root / "ImageSets/Segmentation/train.txt")))
+    val = read_id_list(tiny_root / "ImageSets/Segmentation/val.txt")
+    write_id_list(sbd / "dataset/train.txt", aug_only[:6])
+    write_id_list(sbd / "dataset/val.txt", aug_only[6:] + val[:2])  # SBD val overlaps VOC val: removed
+    r = prepare_voc(root, sbd_root=sbd, classes=["aeroplane", "bicycle", "bird"])
+    assert r["counts"]["train_aug"] == 24
+    assert not set(read_id_list(root / "ImageSets/Segmentation/train_aug.txt")) & set(val)
+
+
+def test_prepare_voc_checks_standard_size(tmp_path):
+    root = tmp_path / "VOC2012"
+    write_id_list(root / "ImageSets/Segmentation/train.txt", [f"2007_{i:06d}" for i in range(1464)])
+    write_id_list(root / "ImageSets/Segmentation/val.txt", [f"2008_{i:06d}" for i in range(1449)])
+    for i in range(5):
+        write_palette_png(root / "SegmentationClassAug" / f"2009_{i:06d}.png", np.zeros((2, 2), np.uint8))
+    with pytest.raises(DataError, match=r"10,582 train_aug ids, got 5"):
+        prepare_voc(root)
+
+
+def test_prepare_coco_on_synthetic_json(tiny_root, tmp_path):
+    out = tmp_path / "coco_voc"
+    r = prepare_coco(tiny_root / "coco", out)
+    assert r["splits"]["train"]["images"] == 24 and r["splits"]["val"]["images"] == 8 and r["classes"] == 3
+    labels = ImageLabels.load(out / "cls_labels.json", 3)
+    assert labels.classes == ["aeroplane", "bicycle", "bird"]
+    src_ids = read_id_list(tiny_root / "ImageSets/Segmentation/train_aug.txt")
+    coco_ids = read_id_list(out / "ImageSets/Segmentation/train.txt")
+    assert coco_ids[0] == "COCO_train2014_000000000001"
+    src_labels = ImageLabels.load(tiny_root / "cls_labels.json")
+    doc = json.loads((tiny_root / "coco/annotations/instances_train2014.json").read_text())
+    assert {c["id"] for c in doc["categories"]} == set(COCO_CATEGORY_IDS[:3])  # non-contiguous ids mapped to 1..3
+    crowd_images = {a["image_id"] for a in doc["annotations"] if a["iscrowd"]}
+    agree = []
+    for n, (a, b) in enumerate(zip(src_ids, coco_ids)):
+        assert labels.indices(b) == src_labels.indices(a)
+        gt = read_mask(tiny_root / "SegmentationClassAug" / f"{a}.png")
+        m = read_mask(out / "SegmentationClass" / f"{b}.png", 3)
+        keep = m != 255
+        agree.append((gt[keep] == m[keep]).mean())
+        if (n + 1) not in crowd_images:
+            assert keep.all()
+        else:
+            assert not keep.all()  # crowd -> 255
+        assert (out / "JPEGImages" / f"{b}.jpg").is_file()
+    assert np.mean(agree) > 0.97  # polygon rasterisation differs from PIL's on edge pixels only
+
+
+# ---------------------------------------------------------------- datasets
+def test_classification_dataset(tiny_root):
+    L = VOCLayout(tiny_root)
+    labels = ImageLabels.load(tiny_root / "cls_labels.json")
+    aug = AugConfig(resize_long=[48, 80], crop_size=56)
+    ds = ClassificationDataset(tiny_root, L.read_split("train_aug"), labels, TrainTransform(aug))
+    item = ds[(0, 123)]
+    assert item["img"].shape == (3, 56, 56) and item["img"].dtype == torch.float32
+    assert item["label"].tolist() == labels.multi_hot(ds.ids[0]).tolist()
+    # a sample's augmentation depends on (seed, index) only
+    assert torch.equal(ds[(3, 7)]["img"], ds[(3, 7)]["img"])
+    assert not torch.equal(ds[(3, 7)]["img"], ds[(3, 8)]["img"])
+
+
+def test_segmentation_transform_is_joint_and_pads_255(tiny_root):
+    L = VOCLayout(tiny_root)
+    aug = AugConfig(resize_long=[], scale_range=[0.5, 0.5], hflip=True, crop_size=48, mean=[0, 0, 0], std=[1, 1, 1])
+    ds = SegmentationDataset(tiny_root, L.read_split("train_aug"), "SegmentationClassAug", TrainTransform(aug), 3)
+    for seed in range(6):
+        item = ds[(0, seed)]
+        img, mask = item["img"], item["mask"]
+        assert img.shape == (3, 48, 48) and mask.shape == (48, 48) and mask.dtype == torch.int64
+        pad = mask == 255
+        # a 32 px image in a 48 px crop: padding is 255 in the mask and 0 in the image
+        assert pad.sum() == 48 * 48 - 32 * 32
+        assert (img[:, pad] == 0).all()
+        # jointly transformed: the mask matches the image's content
+        src = np.asarray(Image.open(L.image(ds.ids[0])).resize((32, 32), Image.BILINEAR)).astype(np.float32) / 255
+        ys, xs = np.nonzero(~pad.numpy())
+        crop = img[:, ys.min():ys.max() + 1, xs.min():xs.max() + 1].permute(1, 2, 0).numpy()
+        m = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1].numpy()
+        gt = read_mask(L.mask(ds.ids[0], "SegmentationClassAug"))
+        gt_small = np.asarray(Image.fromarray(gt).resize((32, 32), Image.NEAREST))
+        flipped = np.abs(crop - src[:, ::-1]).mean() < np.abs(crop - src).mean()
+        assert (m == (gt_small[:, ::-1] if flipped else gt_small)).all()
+
+
+def test_inference_dataset_scales(tiny_root):
+    L = VOCLayout(tiny_root)
+    labels = ImageLabels.load(tiny_root / "cls_labels.json")
+    for mode in ("nearest", "bicubic", "bilinear"):
+        ds = InferenceDataset(tiny_root, L.read_split("val"), labels, scales=[1.0, 0.5, 1.5], resize_mode=mode)
+        s = ds[0]
+        assert s["image"].shape == (64, 64, 3) and s["image"].dtype == np.uint8
+        assert [tuple(x.shape) for x in s["inputs"]] == [(3, 64, 64), (3, 32, 32), (3, 96, 96)]
+        assert s["label"].shape == (3,)
+
+
+# ---------------------------------------------------------------- bad input
+def test_bad_inputs_name_the_file(tiny_root, tmp_path):
+    root = tmp_path / "VOC2012"
+    shutil.copytree(tiny_root, root)
+    L = VOCLayout(root)
+    ids = L.read_split("train")
+    labels = ImageLabels.load(root / "cls_labels.json")
+    # missing image
+    L.image(ids[0]).unlink()
+    with pytest.raises(DataError, match=rf"{ids[0]}.jpg: image file not found"):
+        ClassificationDataset(root, ids, labels, TrainTransform(AugConfig()))
+    # unreadable image
+    L.image(ids[1]).write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match=rf"{ids[1]}.jpg: unreadable image"):
+        read_image(L.image(ids[1]))
+    # mask values outside {0..K, 255}
+    write_palette_png(L.mask(ids[2]), np.full((64, 64), 7, np.uint8))
+    with pytest.raises(DataError, match=rf"{ids[2]}.png: mask values \[7\] outside"):
+        read_mask(L.mask(ids[2]), 3)
+    # an id without labels
+    with pytest.raises(DataError, match=r"id 'nolabel_1' of split train has no image-level labels"):
+        labels.check_ids(["nolabel_1"], "train")
+    # a crafted id
+    (root / "ImageSets/Segmentation/evil.txt").write_text("../../etc/passwd\n")
+    with pytest.raises(DataError, match=r"invalid image id '../../etc/passwd'"):
+        L.read_split("evil")
+    (root / "ImageSets/Segmentation/empty.txt").write_text("\n")
+    with pytest.raises(DataError, match=r"empty.txt: split list is empty"):
+        L.read_split("empty")
+    with pytest.raises(DataError, match=r"data root does not exist"):
+        VOCLayout(tmp_path / "nowhere").read_split("train")
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "RGBA", "P"])
+def test_non_rgb_images_are_converted(tmp_path, mode):
+    arr = (np.random.default_rng(0).random((10, 12, 3)) * 255).astype(np.uint8)
+    im = Image.fromarray(arr).convert(mode)
+    path = tmp_path / ("x.jpg" if mode in ("L", "CMYK") else "x.png")
+    im.save(path)
+    out = read_image(path)
+    assert out.shape == (10, 12, 3) and out.dtype == np.uint8
+
+
+def test_label_file_checks(tmp_path):
+    p = tmp_path / "l.json"
+    p.write_text('{"format": "wsss-cls-labels/1", "classes": ["a", "b"], "labels": {"x": [0, 5]}}')
+    with pytest.raises(DataError, match=r"labels of 'x' must be class indices in 0..1"):
+        ImageLabels.load(p)
+    p.write_text('{"format": "wsss-cls-labels/1", "classes": ["a", "b"], "labels": {"x": [1]}}')
+    with pytest.raises(DataError, match=r"has 2 classes but data.num_classes is 20"):
+        ImageLabels.load(p, 20)
+    assert ImageLabels.load(p).multi_hot("x").tolist() == [0.0, 1.0]
+

@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wsss.cam.files import cam_path, load_cam
+from wsss.cam.make import make_cams
+from wsss.cam.training import build_cam_model, load_cam_model
+from wsss.data.labels import ImageLabels
+from wsss.data.transforms import normalize
+from wsss.data.voc import VOCLayout
+from wsss.engine.checkpoint import save_checkpoint
+from wsss.fileio import DataError, read_image, save_npz
+
+
+def straightforward_cam(model, img: np.ndarray, keys, scales, mean, std) -> np.ndarray:
+    """METHODS.md section 2 written as plain loops: every scale, every flip, one map at a time."""
+    h, w = img.shape[:2]
+    base = torch.from_numpy(normalize(img, mean, std).transpose(2, 0, 1).copy())[None]
+    total = torch.zeros(model.num_classes if hasattr(model, "num_classes") else len(keys), h, w)
+    maps = []
+    with torch.no_grad():
+        for s in scales:
+            size = (int(np.round(h * s)), int(np.round(w * s)))
+            x = base if size == (h, w) else F.interpolate(base, size=size, mode="nearest")
+            for flip in (False, True):
+                xi = x.flip(-1) if flip else x
+                cam = F.relu(model(xi)["cam"])
+                cam = cam.flip(-1) if flip else cam
+                maps.append(F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)[0])
+    total = torch.stack(maps).sum(0)[keys]
+    total = total / (total.flatten(1).max(1).values[:, None, None] + 1e-5)
+    return total.numpy()
+
+
+@pytest.fixture
+def trained_model(tiny_cfg):
+    cfg = tiny_cfg(**{"cam.scales": [1.0, 0.5, 1.5]})
+    torch.manual_seed(0)
+    model = build_cam_model(cfg)
+    save_checkpoint(cfg.cam.checkpoint, {"model": model.state_dict()})
+    return cfg, load_cam_model(cfg, cfg.cam.checkpoint)
+
+
+def test_high_res_equals_straightforward_computation(trained_model):
+    cfg, model = trained_model
+    summary = make_cams(cfg, model, torch.device("cpu"), split="val")
+    assert summary["computed_here"] == 8
+    L = VOCLayout(cfg.data.root)
+    labels = ImageLabels.load(cfg.data.label_file)
+    for image_id in L.read_split("val")[:3]:
+        img = read_image(L.image(image_id))
+        d = load_cam(cam_path(cfg.cam.out_dir, image_id), img.shape[:2])
+        keys = labels.indices(image_id)
+        assert d["keys"].tolist() == keys
+        ref = straightforward_cam(model, img, keys, cfg.cam.scales, cfg.train.aug.mean, cfg.train.aug.std)
+        assert d["high_res"].shape == ref.shape
+        np.testing.assert_allclose(d["high_res"], ref, atol=2e-5)
+        assert np.allclose(d["high_res"].reshape(len(keys), -1).max(1), 1.0, atol=1e-4)
+        # the file is pickle-free
+        with np.load(cam_path(cfg.cam.out_dir, image_id), allow_pickle=False) as z:
+            assert z["keys"].dtype == np.int16 and set(z.files) == {"keys", "high_res"}
+
+
+def test_batching_images_is_exact_and_rerun_skips(trained_model, tmp_path):
+    cfg, model = trained_model
+    cfg.cam.save_strided = True
+    cfg.cam.images_per_batch = 1
+    make_cams(cfg, model, torch.device("cpu"), split="val", out_dir=tmp_path / "one")
+    cfg.cam.images_per_batch = 4
+    make_cams(cfg, model, torch.device("cpu"), split="val", out_dir=tmp_path / "four")
+    for p in (tmp_path / "one").glob("*.npz"):
+        a, b = load_cam(p), load_cam(tmp_path / "four" / p.name)
+        np.testing.assert_allclose(a["high_res"], b["high_res"], atol=1e-5)
+        assert a["strided"].shape[1:] == (16, 16)  # ceil(64 / 4)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "four").glob("*.npz")}
+    again = make_cams(cfg, model, torch.device("cpu"), split="val", out_dir=tmp_path / "four")
+    assert again["computed_here"] == 0 and again["skipped_here"] == 8
+    assert mtimes == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "four").glob("*.npz")}
+    assert not list((tmp_path / "four").glob(".*"))  # no temp files left
+
+
+def test_cam_file_checks(tmp_path):
+    p = tmp_path / "a.npz"
+    save_npz(p, keys=np.array([0, 1], np.int16), high_res=np.zeros((3, 4, 4), np.float32))
+    with pytest.raises(DataError, match=r"a.npz: 'high_res' must be \[len\(keys\)=2, H, W\]"):
+        load_cam(p)
+    save_npz(p, keys=np.array([0], np.int16), high_res=np.zeros((1, 4, 4), np.float32))
+    with pytest.raises(DataError, match=r"'high_res' is 4x4 but the image is 5x4"):
+        load_cam(p, (5, 4))
+    save_npz(p, high_res=np.zeros((1, 4, 4), np.float32))
+    with pytest.raises(DataError, match=r"missing key\(s\) \['keys'\]"):
+        load_cam(p)
+    np.savez(tmp_path / "evil.npz", keys=np.array([{"a": 1}], dtype=object), high_res=np.zeros((1, 2, 2)))
+    with pytest.raises(DataError, match=r"evil.npz: refused: holds pickled objects"):
+        load_cam(tmp_path / "evil.npz")

@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from wsss.metrics import ThresholdSweep, cam_to_label, confusion_matrix, scores, threshold_range
+
+
+def test_miou_hand_computed_with_ignore_and_absent_classes():
+    gt = np.array([[0, 0, 1, 1],
+                   [0, 255, 1, 3],
+                   [255, 255, 0, 3]])
+    pred = np.array([[0, 1, 1, 1],
+                     [0, 2, 0, 3],
+                     [3, 2, 0, 0]])
+    conf = confusion_matrix(gt, pred, 5)
+    assert conf.sum() == 9  # the three GT-255 pixels are ignored
+    s = scores(conf)
+    # class 0: TP 3, FP 1 (gt1->0) + 1 (gt3->0), FN 1 (gt0->1) -> 3/6
+    # class 1: TP 2, FP 1, FN 1 -> 2/4
+    # class 2: never in GT, never predicted on a valid pixel -> no IoU
+    # class 3: TP 1, FP 0, FN 1 -> 1/2
+    # class 4: absent from GT and prediction -> no IoU
+    assert s["iou"]["0"] == pytest.approx(0.5)
+    assert s["iou"]["1"] == pytest.approx(0.5)
+    assert s["iou"]["2"] is None and s["iou"]["4"] is None
+    assert s["iou"]["3"] == pytest.approx(0.5)
+    assert s["miou"] == pytest.approx(0.5)
+    assert s["precision"]["3"] == pytest.approx(1.0) and s["recall"]["3"] == pytest.approx(0.5)
+    # a class predicted but never in GT counts with IoU 0
+    s2 = scores(confusion_matrix(np.array([0, 0]), np.array([0, 1]), 2))
+    assert s2["iou"]["1"] == 0.0 and s2["miou"] == pytest.approx(0.25)
+
+
+def test_predicted_255_conventions():
+    gt = np.array([1, 1, 0, 0])
+    pred = np.array([1, 255, 255, 0])
+    as_bg = confusion_matrix(gt, pred, 2)
+    assert as_bg.tolist() == [[2, 0], [1, 1]]
+    confident = confusion_matrix(gt, pred, 2, ignore_pred_255=True)
+    assert confident.tolist() == [[1, 0], [0, 1]]
+
+
+def test_cam_to_label_ties_go_to_background():
+    cams = np.array([[[0.3, 0.31, 0.1]], [[0.2, 0.5, 0.3]]], np.float32)
+    assert cam_to_label(cams, np.array([4, 7]), 0.3).tolist() == [[0, 8, 0]]
+    assert cam_to_label(np.zeros((0, 1, 2)), np.array([], int), 0.1).tolist() == [[0, 0]]
+
+
+def test_sweep_equals_separate_evaluations():
+    rng = np.random.default_rng(0)
+    k = 6
+    thresholds = threshold_range(0.05, 0.60, 0.01)
+    assert len(thresholds) == 56
+    sweep = ThresholdSweep(k, thresholds)
+    separate = {t: np.zeros((k + 1, k + 1), np.int64) for t in thresholds}
+    for i in range(12):
+        h, w = rng.integers(5, 30, 2)
+        n_keys = int(rng.integers(0, 4))
+        keys = np.sort(rng.choice(k, n_keys, replace=False))
+        cams = rng.random((n_keys, h, w)).astype(np.float32)
+        cams[:, 0, 0] = np.float32(0.3)  # exactly on a threshold
+        cams = np.round(cams, 2).astype(np.float32)  # many ties with thresholds
+        gt = rng.integers(0, k + 1, (h, w))
+        gt[rng.random((h, w)) < 0.1] = 255
+        sweep.add(gt, cams, keys)
+        for t in thresholds:
+            separate[t] += confusion_matrix(gt, cam_to_label(cams, keys, t), k + 1)
+    confs = sweep.confusions()
+    for j, t in enumerate(thresholds):
+        np.testing.assert_array_equal(confs[j], separate[t], err_msg=f"threshold {t}")
+    res = sweep.results()
+    assert res[10]["threshold"] == pytest.approx(0.15)
+    assert res[10]["miou"] == pytest.approx(scores(separate[thresholds[10]])["miou"])

@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from wsss.pseudo.crf import CRFParams, crf_labels
+from wsss.pseudo.make import cams_to_pseudo, make_pseudo_masks
+
+
+def _hand_made():
+    """A 40x60 image in three flat vertical bands and CAMs for keys [0, 2]."""
+    img = np.zeros((40, 60, 3), np.uint8)
+    img[:, :20] = (200, 40, 40)
+    img[:, 20:40] = (40, 200, 40)
+    img[:, 40:] = (40, 40, 200)
+    cams = np.zeros((2, 40, 60), np.float32)
+    cams[0, :, :20] = 0.9  # class 0 confident -> label 1
+    cams[1, :, 20:40] = 0.2  # class 2 between bg (0.05) and fg (0.30) -> uncertain
+    cams[1, :, 40:] = 0.01  # nothing -> background
+    expected = np.zeros((40, 60), np.uint8)
+    expected[:, :20] = 1
+    expected[:, 20:40] = 255
+    return img, cams, np.array([0, 2]), expected
+
+
+def test_fg_bg_uncertain_logic_without_crf():
+    img, cams, keys, expected = _hand_made()
+    mask = cams_to_pseudo(img, cams, keys, 0.30, 0.05, crf=None)
+    assert mask.dtype == np.uint8
+    np.testing.assert_array_equal(mask, expected)
+    # a class above the fg threshold wins over the bg band
+    cams2 = cams.copy()
+    cams2[1, :, 20:40] = 0.5
+    m2 = cams_to_pseudo(img, cams2, keys, 0.30, 0.05, crf=None)
+    assert (m2[:, 20:40] == 3).all()
+
+
+def test_fg_bg_uncertain_logic_with_crf():
+    img, cams, keys, expected = _hand_made()
+    mask = cams_to_pseudo(img, cams, keys, 0.30, 0.05, crf=CRFParams())
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_crf_pulls_labels_to_image_edges():
+    """A label map shifted 3 px off the colour edge is pulled back by the bilateral term."""
+    img = np.zeros((40, 60, 3), np.uint8)
+    img[:, 30:] = 255
+    labels = np.zeros((40, 60), np.int64)
+    labels[:, 27:] = 1
+    (out,) = crf_labels(img, [labels], 2, CRFParams())
+    assert (out[:, :30] == 0).mean() > 0.95 and (out[:, 30:] == 1).all()
+
+
+def test_shared_pairwise_equals_independent_crfs():
+    rng = np.random.default_rng(0)
+    img = (rng.random((30, 45, 3)) * 255).astype(np.uint8)
+    maps = [rng.integers(0, 3, (30, 45)) for _ in range(3)]
+    shared = crf_labels(img, maps, 3, CRFParams(), shared=True)
+    independent = crf_labels(img, maps, 3, CRFParams(), shared=False)
+    for a, b in zip(shared, independent):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_make_pseudo_writes_palette_pngs_and_skips_finished(tiny_cfg, tmp_path):
+    import torch
+
+    from wsss.cam.make import make_cams
+    from wsss.cam.training import build_cam_model
+    from wsss.fileio import read_mask
+
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    make_cams(cfg, build_cam_model(cfg).eval(), torch.device("cpu"), split="train")
+    first = make_pseudo_masks(cfg, split="train")
+    assert first["computed"] == 12
+    pngs = sorted((tmp_path / "work" / "pseudo").glob("*.png"))
+    assert len(pngs) == 12
+    for p in pngs:
+        m = read_mask(p, cfg.data.num_classes)
+        assert m.shape == (64, 64)
+    mtimes = [p.stat().st_mtime_ns for p in pngs]
+    again = make_pseudo_masks(cfg, split="train")
+    assert again["computed"] == 0 and again["skipped"] == 12
+    assert mtimes == [p.stat().st_mtime_ns for p in pngs]
+    with pytest.raises(Exception, match=r"CAM file not found"):
+        make_pseudo_masks(cfg, split="val")

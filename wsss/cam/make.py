@@ -1,0 +1,110 @@
+"""make_cam: write one CAM file per image of a split, skipping finished ids, sharded across ranks."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from wsss.cam.files import cam_path, save_cam
+from wsss.cam.inference import multiscale_cam, normalize_cams
+from wsss.config import Config
+from wsss.data.datasets import InferenceDataset, collate_single
+from wsss.data.labels import ImageLabels
+from wsss.data.voc import VOCLayout
+from wsss.engine.distributed import get_rank, get_world_size
+
+
+def pending_ids(ids: list[str], out_dir: str | Path, redo: bool = False) -> list[str]:
+    if redo:
+        return list(ids)
+    return [i for i in ids if not cam_path(out_dir, i).is_file()]
+
+
+class _Batcher:
+    """Groups consecutive equal-sized images (exact: each image is processed independently)."""
+
+    def __init__(self, max_images: int):
+        self.max = max(1, max_images)
+        self.items: list[dict] = []
+
+    def add(self, sample: dict) -> list[dict] | None:
+        if self.items and self.items[0]["image"].shape != sample["image"].shape:
+            out, self.items = self.items, [sample]
+            return out
+        self.items.append(sample)
+        if len(self.items) >= self.max:
+            out, self.items = self.items, []
+            return out
+        return None
+
+    def flush(self) -> list[dict] | None:
+        out, self.items = self.items, []
+        return out or None
+
+
+def make_cams(cfg: Config, model: torch.nn.Module, device: torch.device, split: str | None = None,
+              out_dir: str | Path | None = None, redo: bool | None = None, progress: bool | None = None) -> dict:
+    """CAM files for this rank's share of ``split``; returns counts and throughput."""
+    c = cfg.cam
+    split = split or c.split
+    out_dir = Path(out_dir or c.out_dir)
+    redo = c.redo if redo is None else redo
+    layout = VOCLayout(cfg.data.root)
+    labels = ImageLabels.load(cfg.data.label_file, cfg.data.num_classes)
+    all_ids = layout.read_split(split)
+    rank, world = get_rank(), get_world_size()
+    ids = pending_ids(all_ids[rank::world], out_dir, redo)
+    summary = {"split": split, "out_dir": str(out_dir), "images": len(all_ids), "computed_here": len(ids),
+               "skipped_here": len(all_ids[rank::world]) - len(ids)}
+    if not ids:
+        return {**summary, "seconds": 0.0, "images_per_s": 0.0}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dataset = InferenceDataset(cfg.data.root, ids, labels, scales=c.scales, mean=cfg.train.aug.mean, std=cfg.train.aug.std,
+                               resize_mode=c.resize_mode, split_name=split)
+    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=c.workers, collate_fn=collate_single,
+                        pin_memory=device.type == "cuda", prefetch_factor=4 if c.workers > 0 else None)
+    model.eval()
+    autocast = None
+    if cfg.runtime.amp != "none":
+        dtype = torch.bfloat16 if cfg.runtime.amp == "bf16" else torch.float16
+        autocast = lambda: torch.autocast(device_type=device.type, dtype=dtype)  # noqa: E731
+    batcher = _Batcher(c.images_per_batch)
+    bar = None
+    show = cfg.runtime.progress if progress is None else progress
+    if show and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(ids), desc="make_cam", dynamic_ncols=True)
+    t0 = time.perf_counter()
+
+    def run(group: list[dict]) -> None:
+        inputs = [torch.stack([g["inputs"][s] for g in group]).to(device, non_blocking=True) for s in range(len(c.scales))]
+        if cfg.runtime.channels_last:
+            inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
+        h, w = group[0]["image"].shape[:2]
+        high, strided = multiscale_cam(model, inputs, (h, w), flip=c.flip,
+                                       strided_stride=c.strided_stride if c.save_strided else 0, autocast=autocast)
+        for n, g in enumerate(group):
+            keys = np.nonzero(g["label"])[0]
+            kt = torch.from_numpy(keys).to(device)
+            hr = normalize_cams(high[n, kt]).cpu().numpy()
+            st = normalize_cams(strided[n, kt]).cpu().numpy() if strided is not None else None
+            save_cam(cam_path(out_dir, g["id"]), keys, hr, st, dtype=c.dtype)
+        if bar is not None:
+            bar.update(len(group))
+
+    with torch.inference_mode():
+        for sample in loader:
+            group = batcher.add(sample)
+            if group:
+                run(group)
+        group = batcher.flush()
+        if group:
+            run(group)
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    return {**summary, "seconds": round(seconds, 2), "images_per_s": len(ids) / max(seconds, 1e-9)}

@@ -1,0 +1,557 @@
+"""YAML configs with ``_base_`` inheritance, dotted CLI overrides and a typed schema.
+
+A config file is YAML. It may name other files in ``_base_`` (a string or a
+list, paths relative to the file); bases merge first, in list order, and the
+file's own keys win. Dicts merge key by key; any other value (lists included)
+replaces what was there. Command-line overrides (``train.lr=0.01``) apply last;
+their values are parsed as YAML (``cam.scales=[1.0,0.5]``).
+
+Every key is declared in a dataclass below (method packages add their own
+sections with :func:`register_section`). Loading checks every key against the
+schema: an unknown key, a value of the wrong type or a required key without a
+value raises :class:`ConfigError` naming the key and the file it came from.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from wsss.fileio import atomic_write_text
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the key and where it came from."""
+
+
+MISSING: Any = dataclasses.MISSING
+CLI = "the command line"
+
+
+# --------------------------------------------------------------------------
+# Schema of the shared layer
+# --------------------------------------------------------------------------
+@dataclass
+class AugConfig:
+    """Geometric and photometric training augmentation (image and mask jointly)."""
+
+    resize_long: list[int] = field(default_factory=lambda: [320, 640])  # [] = off
+    scale_range: list[float] = field(default_factory=list)  # [lo, hi] random rescale; [] = off
+    interpolation: Literal["bicubic", "bilinear", "nearest"] = "bicubic"
+    hflip: bool = True
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength, 0 = off
+    crop_size: int = 512  # 0 = no crop (batches then need equal-sized images)
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class SyntheticConfig:
+    """Parameters of the synthetic mini-VOC, generated when data.root does not exist."""
+
+    seed: int = 0
+    image_size: int = 128
+    num_train: int = 100  # images with SegmentationClass GT ("train", like VOC's 1,464)
+    num_aug: int = 300  # extra images only in train_aug (like SBD)
+    num_val: int = 100
+    num_test: int = 20
+    num_classes: int = 5
+    write_coco: bool = False
+
+
+@dataclass
+class DataConfig:
+    root: str = MISSING  # the VOC2012-style folder (JPEGImages, SegmentationClass, ...)
+    dataset: Literal["voc12", "coco14", "synthetic"] = "voc12"
+    num_classes: int = 20
+    label_file: str = ""  # default: <root>/cls_labels.json
+    train_split: str = "train_aug"
+    gt_dir: str = "SegmentationClass"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cam_net"  # a registered CAM model (see wsss.registry)
+    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
+    weights: str = "IMAGENET1K_V1"  # torchvision weights name, a local file, or "none"
+    output_stride: Literal[8, 16, 32] = 16
+    # "stride": remove strides without dilation (the IRN/GSLM CAM network);
+    # "dilation": torchvision's replace_stride_with_dilation (a different network).
+    stride_mode: Literal["stride", "dilation"] = "stride"
+    frozen_bn: bool = True  # BN always in eval mode; affine parameters still train
+    freeze_stem: bool = True  # conv1/bn1 fully frozen
+    detach_stage: int = 2  # no gradient into stages 1..detach_stage (0 = train all)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    max_steps: int = 0  # > 0 caps the steps of every training phase (smoke runs)
+    batch_size: int = 16  # global batch, split across ranks under torchrun
+    lr: float = 0.1
+    head_lr_mult: float = 10.0
+    # The reference's PolyOptimizer passed weight decay into SGD's momentum
+    # slot, so its published numbers were trained with momentum ~1e-4.
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    workers: int = 4
+    log_interval: int = 20
+    ckpt_interval: int = 200  # steps between last.pth saves (and at each phase end)
+    vis_interval: int = 200  # steps between CAM overlays in TensorBoard (0 = off)
+    aug: AugConfig = field(default_factory=AugConfig)
+
+
+@dataclass
+class RuntimeConfig:
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    deterministic: bool = False
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = True  # under DDP on CUDA, trainable BN becomes SyncBatchNorm
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    threads: int = 0  # torch.set_num_threads when > 0
+    tensorboard: bool = True
+    progress: bool = True  # tqdm bars
+
+
+@dataclass
+class CamConfig:
+    """make_cam: multi-scale + flip CAM inference."""
+
+    split: str = "train_aug"
+    checkpoint: str = ""  # default: <work_dir>/checkpoints/final.pth
+    out_dir: str = ""  # default: <work_dir>/cams
+    scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
+    flip: bool = True
+    # GSLM resizes the normalised tensor with nearest interpolation; IRN uses
+    # PIL bicubic on the image.
+    resize_mode: Literal["nearest", "bicubic", "bilinear"] = "nearest"
+    dtype: Literal["float16", "float32"] = "float32"
+    save_strided: bool = False
+    strided_stride: int = 4
+    images_per_batch: int = 4  # equal-sized images are batched (exact: BN is frozen in eval)
+    workers: int = 2
+    redo: bool = False
+
+
+@dataclass
+class EvalCamConfig:
+    split: str = "train"
+    cam_dir: str = ""  # default: cam.out_dir
+    thresholds: list[float] = field(default_factory=list)  # explicit list, or the range below
+    threshold_start: float = 0.05
+    threshold_stop: float = 0.60  # inclusive
+    threshold_step: float = 0.01
+    report_threshold: float = -1.0  # also report this threshold (< 0: none)
+
+
+@dataclass
+class PseudoConfig:
+    split: str = "train_aug"
+    cam_dir: str = ""  # default: cam.out_dir
+    out_dir: str = ""  # default: <work_dir>/pseudo
+    fg_thres: float = 0.30
+    bg_thres: float = 0.05
+    crf: bool = True
+    crf_iters: int = 10
+    gt_prob: float = 0.7
+    gauss_sxy: float = 3.0
+    gauss_compat: float = 10.0  # GSLM uses 10, IRN 3
+    bilateral_sxy: float = 50.0
+    bilateral_srgb: float = 5.0
+    bilateral_compat: float = 10.0
+    shared_pairwise: bool = True  # build the CRF's pairwise terms once for fg and bg
+    workers: int = 2
+    redo: bool = False
+    eval_split: str = "train"  # evaluate the masks of this split against GT ("" = skip)
+
+
+@dataclass
+class Config:
+    exp_name: str = ""  # default: the config file's name
+    work_dir: str = ""  # default: work_dirs/<exp_name>
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    cam: CamConfig = field(default_factory=CamConfig)
+    eval_cam: EvalCamConfig = field(default_factory=EvalCamConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    # Sections registered by other modules (seg, ppl, gslm, pipeline) live here
+    # and are reachable as attributes: cfg.gslm.rounds.
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __getattr__(self, name: str) -> Any:
+        extra = self.__dict__.get("extra")
+        if extra is not None and name in extra:
+            return extra[name]
+        raise AttributeError(name)
+
+
+_SECTIONS: dict[str, type] = {}
+
+
+def register_section(name: str, schema: type) -> type:
+    """Declare a top-level config section (a dataclass) owned by another module."""
+    if not dataclasses.is_dataclass(schema):
+        raise TypeError(f"config section {name!r} must be a dataclass")
+    builtin = {f.name for f in dataclasses.fields(Config)}
+    if name in builtin:
+        raise ValueError(f"config section {name!r} is built in")
+    if name in _SECTIONS and _SECTIONS[name] is not schema:
+        raise ValueError(f"config section {name!r} registered twice")
+    _SECTIONS[name] = schema
+    return schema
+
+
+def registered_sections() -> dict[str, type]:
+    return dict(_SECTIONS)
+
+
+# --------------------------------------------------------------------------
+# Loading YAML with provenance
+# --------------------------------------------------------------------------
+def _read_yaml(path: Path, referrer: str | None) -> dict:
+    if not path.is_file():
+        where = f" (named in _base_ of {referrer})" if referrer else ""
+        raise ConfigError(f"config file not found: {path}{where}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _merge(dst: dict, dst_src: dict, src: dict, origin: str, prefix: str = "") -> None:
+    """Merge ``src`` into ``dst``; ``dst_src`` maps dotted keys to their origin."""
+    for key, value in src.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{origin}: key {key!r} under '{prefix or '<top>'}' is not a string")
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _merge(dst[key], dst_src, value, origin, dotted + ".")
+        else:
+            # A replaced subtree forgets where its old leaves came from.
+            for k in [k for k in dst_src if k.startswith(dotted + ".")]:
+                del dst_src[k]
+            dst[key] = _copy(value)
+            dst_src[dotted] = origin
+            if isinstance(value, dict):
+                _mark(value, dst_src, origin, dotted + ".")
+
+
+def _mark(tree: dict, dst_src: dict, origin: str, prefix: str) -> None:
+    for key, value in tree.items():
+        dst_src[f"{prefix}{key}"] = origin
+        if isinstance(value, dict):
+            _mark(value, dst_src, origin, f"{prefix}{key}.")
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+def load_yaml_tree(path: str | os.PathLike, _stack: tuple[Path, ...] = (), _referrer: str | None = None) -> tuple[dict, dict]:
+    """Read a config file and its bases; return (merged dict, key -> origin file)."""
+    path = Path(path).resolve()
+    if path in _stack:
+        cycle = " -> ".join(str(p) for p in (*_stack, path))
+        raise ConfigError(f"circular _base_: {cycle}")
+    data = _read_yaml(path, _referrer)
+    bases = data.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: _base_ must be a path or a list of paths")
+    merged: dict = {}
+    origins: dict = {}
+    for base in bases:
+        base_tree, base_origins = load_yaml_tree(path.parent / base, (*_stack, path), str(path))
+        _merge(merged, origins, base_tree, "", "")
+        # keep the base's own provenance for its keys
+        for k, v in base_origins.items():
+            origins[k] = v
+    _merge(merged, origins, data, str(path))
+    return merged, origins
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} from {CLI} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} from {CLI} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(tree: dict, origins: dict, overrides: list[str]) -> None:
+    for text in overrides:
+        key, value = _parse_override(text)
+        parts = key.split(".")
+        node = tree
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[part] = nxt
+            node = nxt
+        sub = {parts[-1]: value}
+        _merge(node, origins, sub, CLI, ".".join(parts[:-1]) + "." if len(parts) > 1 else "")
+
+
+# --------------------------------------------------------------------------
+# Validation against the schema
+# --------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        (arg,) = typing.get_args(tp) or (Any,)
+        return f"list[{_type_name(arg)}]"
+    if origin is dict:
+        return "mapping"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _convert(tp: Any, value: Any, key: str, origins: dict) -> Any:
+    """Check ``value`` against type ``tp``; return the typed value."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value in typing.get_args(tp) and type(value) in {type(a) for a in typing.get_args(tp)}:
+            return value
+        raise _Invalid()
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _convert(arg, value, key, origins)
+            except _Invalid:
+                continue
+        raise _Invalid()
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _Invalid()
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise _Invalid()
+        (arg,) = typing.get_args(tp) or (Any,)
+        out = []
+        for i, item in enumerate(value):
+            try:
+                out.append(_convert(arg, item, f"{key}[{i}]", origins))
+            except _Invalid:
+                raise ConfigError(
+                    f"{key}[{i}]: expected {_type_name(arg)}, got {type(item).__name__} {item!r} (from {_origin(key, origins)})"
+                ) from None
+        return out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _Invalid()
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _Invalid()
+        return _build(tp, value, key + ".", origins)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Invalid()
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _Invalid()
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _Invalid()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Invalid()
+    raise TypeError(f"unsupported config type {tp!r} for {key}")
+
+
+def _origin(key: str, origins: dict) -> str:
+    probe = key
+    while probe:
+        if probe in origins and origins[probe]:
+            return origins[probe]
+        probe = probe.rsplit(".", 1)[0] if "." in probe else ""
+    return "the defaults"
+
+
+def _build(schema: type, tree: dict, prefix: str, origins: dict, extra_sections: dict | None = None) -> Any:
+    hints = typing.get_type_hints(schema)
+    fields = {f.name: f for f in dataclasses.fields(schema) if f.name != "extra"}
+    extra_sections = extra_sections or {}
+    kwargs: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if key in fields:
+            try:
+                kwargs[key] = _convert(hints[key], value, dotted, origins)
+            except _Invalid:
+                raise ConfigError(
+                    f"{dotted}: expected {_type_name(hints[key])}, got {type(value).__name__} {value!r} (from {_origin(dotted, origins)})"
+                ) from None
+        elif key in extra_sections:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted}: expected mapping, got {type(value).__name__} (from {_origin(dotted, origins)})")
+            extra[key] = _build(extra_sections[key], value, dotted + ".", origins)
+        else:
+            known = sorted([*fields, *extra_sections])
+            raise ConfigError(
+                f"unknown key '{dotted}' (from {_origin(dotted, origins)}); known keys here: {', '.join(known)}"
+            )
+    for name, f in fields.items():
+        if name in kwargs:
+            continue
+        if dataclasses.is_dataclass(hints[name]):
+            # build absent sections from their defaults, so required keys inside are caught
+            kwargs[name] = _build(hints[name], {}, f"{prefix}{name}.", origins)
+            continue
+        if f.default is MISSING and f.default_factory is MISSING:  # type: ignore[misc]
+            raise ConfigError(f"missing required key '{prefix}{name}' (not set in {_origin(prefix.rstrip('.'), origins)} or its _base_ files)")
+    for name, sec in extra_sections.items():
+        if name not in extra:
+            extra[name] = _build(sec, {}, f"{prefix}{name}.", origins)
+    obj = schema(**kwargs)
+    if extra_sections:
+        obj.extra = extra
+    return obj
+
+
+def build_config(tree: dict, origins: dict | None = None) -> Config:
+    from wsss.registry import import_plugins
+
+    import_plugins()
+    return _build(Config, tree, "", origins or {}, _SECTIONS)
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
+    """Load, merge, override and validate a config file."""
+    tree, origins = load_yaml_tree(path)
+    apply_overrides(tree, origins, list(overrides or []))
+    if not tree.get("exp_name"):
+        tree["exp_name"] = Path(path).stem
+    cfg = build_config(tree, origins)
+    finalize(cfg)
+    return cfg
+
+
+def finalize(cfg: Config) -> None:
+    """Fill the path defaults that derive from other keys."""
+    if not cfg.exp_name:
+        cfg.exp_name = "experiment"
+    if not cfg.work_dir:
+        cfg.work_dir = str(Path("work_dirs") / cfg.exp_name)
+    if not cfg.data.label_file:
+        cfg.data.label_file = str(Path(cfg.data.root) / "cls_labels.json")
+    if not cfg.cam.checkpoint:
+        cfg.cam.checkpoint = str(Path(cfg.work_dir) / "checkpoints" / "final.pth")
+    if not cfg.cam.out_dir:
+        cfg.cam.out_dir = str(Path(cfg.work_dir) / "cams")
+    if not cfg.eval_cam.cam_dir:
+        cfg.eval_cam.cam_dir = cfg.cam.out_dir
+    if not cfg.pseudo.cam_dir:
+        cfg.pseudo.cam_dir = cfg.cam.out_dir
+    if not cfg.pseudo.out_dir:
+        cfg.pseudo.out_dir = str(Path(cfg.work_dir) / "pseudo")
+    from wsss.registry import run_finalizers
+
+    run_finalizers(cfg)
+
+
+# --------------------------------------------------------------------------
+# Back to plain data
+# --------------------------------------------------------------------------
+def to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        out = {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name != "extra"}
+        for name, sec in (getattr(obj, "extra", None) or {}).items():
+            out[name] = to_dict(sec)
+        return out
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def save_config(cfg: Config, path: str | os.PathLike | None = None) -> Path:
+    """Write the resolved config (atomically); default ``<work_dir>/config.yaml``."""
+    path = Path(path) if path else Path(cfg.work_dir) / "config.yaml"
+    atomic_write_text(path, "# resolved config, written by wsss\n" + dump_config(cfg))
+    return path
+
+
+def config_from_dict(tree: dict) -> Config:
+    """Rebuild a Config from a resolved dict (as stored in checkpoints)."""
+    cfg = build_config(_copy(tree), {})
+    return cfg
+
+
+def parse_args(argv: list[str] | None = None, description: str = "", extra_args=None):
+    """``--config FILE [key=value ...]`` plus script-specific flags.
+
+    Returns (cfg, args). Errors print one line and exit with status 2.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help="YAML config file")
+    if extra_args:
+        extra_args(parser)
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=0.01 work_dir=/tmp/x")
+    args = parser.parse_intermixed_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return cfg, args

@@ -1,0 +1,405 @@
+"""The synthetic mini-VOC: a small dataset in the exact VOC 2012 layout that
+reproduces the core difficulty of weakly supervised segmentation.
+
+Each class's object is a large textured, shaded blob (the *body*) carrying a
+small square *part* of a strongly class-specific two-colour pattern. The body's
+cues (hue, stripe frequency, a faint dotted motif in the part's colour) are
+only weakly class-specific: their distributions overlap between classes, and
+the cluttered background is drawn from the same colours and textures. A
+classifier can succeed by finding the part alone, so its CAM covers a small
+fraction of the object: the gap that PPL and GSLM exist to close. Bodies are
+textured and shaded so that a colour-driven CRF cannot fill them by itself.
+
+Everything is deterministic from the seed. Output:
+
+    <root>/JPEGImages/<id>.jpg, Annotations/<id>.xml
+    <root>/SegmentationClass/<id>.png      train + val GT, 1-px boundary band = 255 (as VOC)
+    <root>/SegmentationClassAug/<id>.png   train_aug + val GT, no boundary band (as SBD)
+    <root>/ImageSets/Segmentation/{train,train_aug,val,test}.txt
+    <root>/cls_labels.json                 via prepare_voc's label builder
+    <root>/coco/{train2014,val2014,annotations}  optional COCO-style copy
+"""
+from __future__ import annotations
+
+import colorsys
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from wsss.data.labels import COCO_CATEGORY_IDS, VOC_CLASSES
+from wsss.fileio import atomic_write_text, write_id_list, write_image, write_palette_png
+
+# Distinct, saturated part colours (RGB); class c uses pair c.
+_PART_COLOURS = [
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
+    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
+    (0, 0, 128), (255, 255, 255), (0, 0, 0), (128, 128, 128),
+]
+_PATTERNS = ("checker", "hstripe", "vstripe", "border", "diag")
+
+
+@dataclass
+class ClassStyle:
+    part_a: tuple[int, int, int]
+    part_b: tuple[int, int, int]
+    pattern: str
+    hue: float  # centre of the body hue distribution
+    stripe_freq: float  # centre of the body stripe frequency distribution
+
+
+@dataclass
+class Instance:
+    cls: int
+    polygon: list[tuple[float, float]]
+    part_box: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
+    crowd: bool = False
+    mask: np.ndarray | None = field(default=None, repr=False)
+
+
+def class_styles(num_classes: int) -> list[ClassStyle]:
+    if num_classes > len(_PART_COLOURS) * 2:
+        raise ValueError(f"synthetic data supports at most {len(_PART_COLOURS) * 2} classes")
+    styles = []
+    for c in range(num_classes):
+        a = _PART_COLOURS[c % len(_PART_COLOURS)]
+        b = _PART_COLOURS[(c * 7 + 3) % len(_PART_COLOURS)]
+        if b == a:
+            b = (255 - a[0], 255 - a[1], 255 - a[2])
+        styles.append(ClassStyle(a, b, _PATTERNS[c % len(_PATTERNS)], hue=c / num_classes,
+                                 stripe_freq=0.25 + 0.35 * ((c * 3) % num_classes) / max(num_classes - 1, 1)))
+    return styles
+
+
+# --------------------------------------------------------------------------
+# texture fields
+# --------------------------------------------------------------------------
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
+    grid = rng.random((cells + 1, cells + 1)).astype(np.float32)
+    im = Image.fromarray((grid * 255).astype(np.uint8)).resize((w, h), Image.BICUBIC)
+    return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def _hsv_rgb(h: float, s: float, v: float) -> np.ndarray:
+    return np.array(colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0), 1), min(max(v, 0), 1)), dtype=np.float32)
+
+
+def _texture(rng: np.random.Generator, h: int, w: int, hue: float, freq: float, yy: np.ndarray, xx: np.ndarray,
+             motif: tuple[int, int, int] | None) -> np.ndarray:
+    """A shaded, striped, noisy colour field of one hue; optional faint dotted motif."""
+    base = _hsv_rgb(hue, rng.uniform(0.35, 0.8), rng.uniform(0.45, 0.85))
+    other = _hsv_rgb(hue + rng.normal(0, 0.06), rng.uniform(0.2, 0.7), rng.uniform(0.3, 0.9))
+    theta = rng.uniform(0, np.pi)
+    phase = rng.uniform(0, 2 * np.pi)
+    stripes = 0.5 + 0.5 * np.sin((xx * np.cos(theta) + yy * np.sin(theta)) * freq * 2 * np.pi / 4 + phase)
+    mix = 0.55 * stripes + 0.45 * _smooth_noise(rng, h, w, int(rng.integers(3, 7)))
+    tex = base[None, None] * (1 - mix[..., None]) + other[None, None] * mix[..., None]
+    # shading: a linear light gradient across the image
+    a = rng.uniform(0, 2 * np.pi)
+    shade = 1.0 + rng.uniform(0.15, 0.35) * ((xx / w - 0.5) * np.cos(a) + (yy / h - 0.5) * np.sin(a)) * 2
+    tex = tex * shade[..., None]
+    if motif is not None:
+        dots = rng.random((h, w)) < rng.uniform(0.02, 0.05)
+        alpha = rng.uniform(0.2, 0.35)
+        tex[dots] = tex[dots] * (1 - alpha) + np.asarray(motif, np.float32)[None] / 255.0 * alpha
+    return tex
+
+
+def _blob_polygon(rng: np.random.Generator, cx: float, cy: float, r: float, n: int = 24) -> list[tuple[float, float]]:
+    aspect = rng.uniform(0.65, 1.0)
+    rot = rng.uniform(0, np.pi)
+    k1, k2 = rng.normal(0, 0.08, 2)
+    p1, p2 = rng.uniform(0, 2 * np.pi, 2)
+    pts = []
+    for i in range(n):
+        t = 2 * np.pi * i / n
+        rr = r * (1 + k1 * np.sin(2 * t + p1) + k2 * np.sin(3 * t + p2))
+        x, y = rr * np.cos(t), rr * aspect * np.sin(t)
+        pts.append((cx + x * np.cos(rot) - y * np.sin(rot), cy + x * np.sin(rot) + y * np.cos(rot)))
+    return pts
+
+
+def _poly_mask(poly, h: int, w: int) -> np.ndarray:
+    im = Image.new("L", (w, h), 0)
+    ImageDraw.Draw(im).polygon([(float(x), float(y)) for x, y in poly], fill=1)
+    return np.asarray(im, dtype=bool)
+
+
+def _part_pattern(style: ClassStyle, size: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size]
+    half = max(size // 2, 1)
+    if style.pattern == "checker":
+        sel = ((yy // half) + (xx // half)) % 2 == 0
+    elif style.pattern == "hstripe":
+        sel = (yy // max(size // 4, 1)) % 2 == 0
+    elif style.pattern == "vstripe":
+        sel = (xx // max(size // 4, 1)) % 2 == 0
+    elif style.pattern == "border":
+        sel = (yy < 2) | (xx < 2) | (yy >= size - 2) | (xx >= size - 2)
+    else:
+        sel = ((yy + xx) // max(size // 3, 1)) % 2 == 0
+    out = np.where(sel[..., None], np.asarray(style.part_a, np.float32), np.asarray(style.part_b, np.float32))
+    return out / 255.0
+
+
+def render_scene(rng: np.random.Generator, size: int, styles: list[ClassStyle], max_tries: int = 20):
+    """One image (uint8 HWC), its label mask (0 = bg, c+1) and the instances."""
+    h = w = size
+    k = len(styles)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    for _ in range(max_tries):
+        # background: a textured field plus clutter shapes of the same colours
+        img = _texture(rng, h, w, rng.random(), rng.uniform(0.2, 0.6), yy, xx, None)
+        for _c in range(int(rng.integers(6, 12))):
+            hue = styles[int(rng.integers(k))].hue + rng.normal(0, 0.5 / k)
+            tex = _texture(rng, h, w, hue, rng.uniform(0.2, 0.6), yy, xx,
+                           tuple(int(v) for v in rng.integers(0, 256, 3)) if rng.random() < 0.5 else None)
+            cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+            r = rng.uniform(0.05, 0.2) * size
+            if rng.random() < 0.5:
+                poly = _blob_polygon(rng, cx, cy, r)
+            else:
+                a, b = r, r * rng.uniform(0.4, 1.0)
+                poly = [(cx - a, cy - b), (cx + a, cy - b), (cx + a, cy + b), (cx - a, cy + b)]
+            m = _poly_mask(poly, h, w)
+            img[m] = tex[m]
+
+        n_obj = int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15]))
+        instances = []
+        for _o in range(n_obj):
+            c = int(rng.integers(k))
+            r = rng.uniform(0.18, 0.32) * size
+            cx, cy = rng.uniform(r * 0.8, w - r * 0.8), rng.uniform(r * 0.8, h - r * 0.8)
+            poly = _blob_polygon(rng, cx, cy, r)
+            body = _poly_mask(poly, h, w)
+            if body.sum() < 50:
+                continue
+            part = max(6, int(round(size * 0.06)))
+            # the part sits fully inside the body, away from its edge
+            ys, xs = np.nonzero(body)
+            ok = False
+            for _p in range(30):
+                j = int(rng.integers(len(ys)))
+                x0, y0 = int(xs[j]) - part // 2, int(ys[j]) - part // 2
+                if x0 < 0 or y0 < 0 or x0 + part > w or y0 + part > h:
+                    continue
+                if body[max(y0 - 2, 0):y0 + part + 2, max(x0 - 2, 0):x0 + part + 2].all():
+                    ok = True
+                    break
+            if not ok:
+                continue
+            instances.append(Instance(c, poly, (x0, y0, x0 + part, y0 + part), mask=body))
+        if not instances:
+            continue
+        # largest first, so smaller objects lie on top (the COCO overlap rule of prepare_coco)
+        instances.sort(key=lambda inst: -int(inst.mask.sum()))
+        label = np.zeros((h, w), np.uint8)
+        owner = np.full((h, w), -1, np.int32)
+        for i, inst in enumerate(instances):
+            st = styles[inst.cls]
+            hue = st.hue + rng.normal(0, 0.45 / k)
+            freq = st.stripe_freq + rng.normal(0, 0.12)
+            tex = _texture(rng, h, w, hue, max(freq, 0.1), yy, xx, st.part_a)
+            m = inst.mask
+            img[m] = tex[m]
+            x0, y0, x1, y1 = inst.part_box
+            img[y0:y1, x0:x1] = _part_pattern(st, x1 - x0)
+            label[m] = inst.cls + 1
+            owner[m] = i
+        # every object's part must stay visible, or the image label would lie
+        visible = all((owner[i.part_box[1]:i.part_box[3], i.part_box[0]:i.part_box[2]] == n).mean() > 0.8
+                      for n, i in enumerate(instances))
+        if not visible:
+            continue
+        img = img + rng.normal(0, 0.03, img.shape).astype(np.float32)
+        img = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+        return img, label, instances
+    raise RuntimeError("could not place objects; image size too small?")
+
+
+def boundary_band(label: np.ndarray) -> np.ndarray:
+    """Pixels whose 4-neighbourhood holds another label (VOC's 'void' outline, 1 px here)."""
+    band = np.zeros(label.shape, bool)
+    band[1:, :] |= label[1:, :] != label[:-1, :]
+    band[:-1, :] |= label[:-1, :] != label[1:, :]
+    band[:, 1:] |= label[:, 1:] != label[:, :-1]
+    band[:, :-1] |= label[:, :-1] != label[:, 1:]
+    return band
+
+
+def _annotation_xml(image_id: str, size: int, instances: list[Instance], classes: list[str]) -> str:
+    objs = []
+    for inst in instances:
+        ys, xs = np.nonzero(inst.mask)
+        objs.append(
+            "  <object>\n"
+            f"    <name>{classes[inst.cls]}</name>\n    <pose>Unspecified</pose>\n    <truncated>0</truncated>\n"
+            "    <difficult>0</difficult>\n"
+            f"    <bndbox><xmin>{xs.min() + 1}</xmin><ymin>{ys.min() + 1}</ymin><xmax>{xs.max() + 1}</xmax><ymax>{ys.max() + 1}</ymax></bndbox>\n"
+            "  </object>\n"
+        )
+    return (
+        "<annotation>\n  <folder>VOC2012</folder>\n"
+        f"  <filename>{image_id}.jpg</filename>\n"
+        "  <source><database>wsss synthetic mini-VOC</database></source>\n"
+        f"  <size><width>{size}</width><height>{size}</height><depth>3</depth></size>\n"
+        "  <segmented>1</segmented>\n" + "".join(objs) + "</annotation>\n"
+    )
+
+
+def _rle_counts(mask: np.ndarray) -> list[int]:
+    """COCO uncompressed RLE: run lengths of the column-major flattened mask, starting with 0s."""
+    flat = np.asarray(mask, np.uint8).flatten(order="F")
+    counts = []
+    cur, run = 0, 0
+    for v in flat:
+        if v == cur:
+            run += 1
+        else:
+            counts.append(run)
+            cur, run = v, 1
+    counts.append(run)
+    return counts
+
+
+def _write_coco(root: Path, splits: dict[str, list[str]], records: dict[str, list[Instance]], size: int,
+                classes: list[str], crowd_rng: np.random.Generator) -> None:
+    coco = root / "coco"
+    for split_name, coco_name in (("train_aug", "train2014"), ("val", "val2014")):
+        img_dir = coco / coco_name
+        img_dir.mkdir(parents=True, exist_ok=True)
+        images, anns = [], []
+        for n, image_id in enumerate(splits[split_name]):
+            file_name = f"COCO_{coco_name}_{n + 1:012d}.jpg"
+            src = root / "JPEGImages" / f"{image_id}.jpg"
+            dst = img_dir / file_name
+            if not dst.exists():
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copyfile(src, dst)
+            images.append({"id": n + 1, "file_name": file_name, "height": size, "width": size})
+            for inst in records[image_id]:
+                ys, xs = np.nonzero(inst.mask)
+                bbox = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+                crowd = bool(crowd_rng.random() < 0.1)
+                if crowd:
+                    seg = {"counts": _rle_counts(inst.mask), "size": [size, size]}
+                else:
+                    seg = [[round(float(v), 2) for pt in inst.polygon for v in pt]]
+                anns.append({"id": len(anns) + 1, "image_id": n + 1, "category_id": COCO_CATEGORY_IDS[inst.cls],
+                             "segmentation": seg, "area": float(inst.mask.sum()), "bbox": bbox, "iscrowd": int(crowd)})
+        cats = [{"id": COCO_CATEGORY_IDS[c], "name": classes[c], "supercategory": "synthetic"} for c in range(len(classes))]
+        doc = {"info": {"description": "wsss synthetic mini-VOC, COCO-style"}, "images": images,
+               "annotations": anns, "categories": cats}
+        atomic_write_text(coco / "annotations" / f"instances_{coco_name}.json", json.dumps(doc))
+
+
+def generate_synthetic_voc(root: str | os.PathLike, seed: int = 0, image_size: int = 128, num_train: int = 100,
+                           num_aug: int = 300, num_val: int = 100, num_test: int = 20, num_classes: int = 5,
+                           classes: list[str] | None = None, write_coco: bool = False, verbose: bool = False) -> dict:
+    """Write the synthetic mini-VOC under ``root`` (the VOC2012-style folder); return a summary."""
+    from wsss.data.voc import prepare_voc
+
+    t0 = time.time()
+    root = Path(root)
+    if classes is None:
+        if num_classes <= len(VOC_CLASSES):
+            classes = VOC_CLASSES[:num_classes]
+        else:
+            classes = [f"class{i:02d}" for i in range(num_classes)]
+    if len(classes) != num_classes:
+        raise ValueError("len(classes) must equal num_classes")
+    styles = class_styles(num_classes)
+    rng = np.random.default_rng(seed)
+    # ids look like VOC's (year_number); each split gets its own year
+    splits = {
+        "train": [f"2007_{i:06d}" for i in range(num_train)],
+        "aug": [f"2008_{i:06d}" for i in range(num_aug)],
+        "val": [f"2009_{i:06d}" for i in range(num_val)],
+        "test": [f"2010_{i:06d}" for i in range(num_test)],
+    }
+    for d in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    records: dict[str, list[Instance]] = {}
+    pixel_counts = np.zeros(num_classes + 1, np.int64)
+    for split, ids in splits.items():
+        for image_id in ids:
+            img, label, instances = render_scene(rng, image_size, styles)
+            records[image_id] = instances
+            write_image(root / "JPEGImages" / f"{image_id}.jpg", img, quality=92)
+            atomic_write_text(root / "Annotations" / f"{image_id}.xml", _annotation_xml(image_id, image_size, instances, classes))
+            pixel_counts += np.bincount(label.ravel(), minlength=num_classes + 1)
+            if split in ("train", "val"):
+                voc_gt = label.copy()
+                voc_gt[boundary_band(label)] = 255
+                write_palette_png(root / "SegmentationClass" / f"{image_id}.png", voc_gt)
+            if split != "test":
+                write_palette_png(root / "SegmentationClassAug" / f"{image_id}.png", label)
+    lists = {
+        "train": splits["train"],
+        "val": splits["val"],
+        "test": splits["test"],
+        "train_aug": sorted(splits["train"] + splits["aug"]),
+    }
+    for name, ids in lists.items():
+        write_id_list(root / "ImageSets" / "Segmentation" / f"{name}.txt", ids)
+    # the same label builder a VOC user runs (it also rebuilds train_aug from SegmentationClassAug - val)
+    report = prepare_voc(root, classes=classes, strict_standard=False)
+    assert report["counts"]["train_aug"] == len(lists["train_aug"]), report["counts"]
+    if write_coco:
+        _write_coco(root, {"train_aug": lists["train_aug"], "val": lists["val"]}, records, image_size, classes,
+                    np.random.default_rng(seed + 1))
+    fg = pixel_counts[1:].sum() / pixel_counts.sum()
+    summary = {
+        "root": str(root),
+        "classes": classes,
+        "image_size": image_size,
+        "counts": {k: len(v) for k, v in lists.items()},
+        "foreground_fraction": round(float(fg), 4),
+        "objects_per_image": round(float(np.mean([len(v) for v in records.values()])), 3),
+        "coco": str(root / "coco") if write_coco else None,
+        "seconds": round(time.time() - t0, 2),
+    }
+    if verbose:
+        print(json.dumps(summary, indent=2))
+    return summary
+
+
+def ensure_synthetic(cfg) -> bool:
+    """Generate the configured synthetic mini-VOC when its data.root does not exist yet.
+
+    Returns True when it generated. Safe under torchrun: rank 0 generates into a
+    temporary folder that is renamed into place, the others wait for it.
+    """
+    if cfg.data.dataset != "synthetic":
+        return False
+    root = Path(cfg.data.root)
+    if (root / "cls_labels.json").is_file():
+        return False
+    from wsss.engine.distributed import barrier, get_rank
+
+    generated = False
+    if get_rank() == 0 and not (root / "cls_labels.json").is_file():
+        s = cfg.data.synthetic
+        if root.exists() and any(root.iterdir()):
+            raise FileExistsError(f"{root}: exists but holds no cls_labels.json; not a finished synthetic dataset (remove it)")
+        tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        print(f"generating the synthetic mini-VOC in {root} ...", flush=True)
+        generate_synthetic_voc(tmp, seed=s.seed, image_size=s.image_size, num_train=s.num_train, num_aug=s.num_aug,
+                               num_val=s.num_val, num_test=s.num_test, num_classes=s.num_classes, write_coco=s.write_coco)
+        if root.exists():
+            root.rmdir()
+        root.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, root)
+        generated = True
+    barrier()
+    return generated

@@ -1,0 +1,387 @@
+"""The training loop every method shares.
+
+A training run is a list of :class:`Phase` objects trained one after another on
+one model: the baseline CAM network has one phase, PPL progressive one per
+stage, GSLM appends one per SLM round, DeepLab has one. Per phase the engine
+builds the loader, SGD + poly schedule and (under torchrun) DDP, and keeps:
+
+    <ckpt_dir>/last.pth       model + optimizer + scheduler + step + RNG + config (every ckpt_interval)
+    <ckpt_dir>/<phase>.pth    the weights at the end of each phase
+    <ckpt_dir>/final.pth      the weights after the last phase
+
+A rerun skips finished phases (their weights are loaded) and resumes the
+unfinished one from ``last.pth``. A phase's ``setup`` and ``finish`` hooks run
+for skipped phases too and must be idempotent.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+
+from wsss.config import Config, to_dict
+from wsss.engine.checkpoint import load_checkpoint, model_state, rng_state, save_checkpoint, set_rng_state, unwrap
+from wsss.engine.distributed import get_rank, get_world_size, init_distributed, is_distributed, select_device
+from wsss.engine.optim import build_poly, build_sgd
+from wsss.engine.sampler import ResumableSampler
+from wsss.fileio import atomic_write_json
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or inf; training stopped, the last good checkpoint is kept."""
+
+
+@dataclass
+class Schedule:
+    epochs: int = 0
+    iterations: int = 0  # > 0: iteration-based (DeepLab); else epochs * steps per epoch
+    max_steps: int = 0  # > 0 caps the total (smoke runs)
+    batch_size: int = 16
+    workers: int = 4
+    lr: float = 0.1
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    log_interval: int = 20
+    ckpt_interval: int = 200
+    vis_interval: int = 0
+    val_interval: int = 0
+
+    @classmethod
+    def from_train(cls, t, **overrides) -> "Schedule":
+        s = cls(epochs=t.epochs, max_steps=t.max_steps, batch_size=t.batch_size, workers=t.workers, lr=t.lr,
+                momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay, poly_power=t.poly_power,
+                log_interval=t.log_interval, ckpt_interval=t.ckpt_interval, vis_interval=t.vis_interval)
+        for k, v in overrides.items():
+            setattr(s, k, v)
+        return s
+
+
+@dataclass
+class Phase:
+    name: str
+    schedule: Schedule
+    build_dataset: Callable[["TrainContext"], Dataset]
+    compute_loss: Callable[[nn.Module, dict, "TrainContext"], dict]  # -> {"loss": total, term: value, ...}
+    param_groups: Callable[[nn.Module], list]
+    setup: Optional[Callable[[nn.Module, "TrainContext"], None]] = None
+    finish: Optional[Callable[[nn.Module, "TrainContext"], None]] = None
+    # (model, batch, outputs) -> HWC uint8 image for TensorBoard
+    visualize: Optional[Callable[[nn.Module, dict, dict], Optional[np.ndarray]]] = None
+    validate: Optional[Callable[[nn.Module, "TrainContext"], dict]] = None
+    seed_offset: int = 0
+
+
+@dataclass
+class TrainContext:
+    cfg: Config
+    device: torch.device
+    ckpt_dir: Path
+    metrics_dir: Path
+    tb_dir: Optional[Path]
+    rank: int = 0
+    world_size: int = 1
+    writer: Any = None
+    state: dict = field(default_factory=dict)  # free space for phases (e.g. the last outputs)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def log(self, msg: str) -> None:
+        if self.is_main:
+            print(msg, flush=True)
+
+    def autocast(self):
+        amp = self.cfg.runtime.amp
+        if amp == "none":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+
+def setup_runtime(cfg: Config) -> torch.device:
+    """Device, distributed init, threads and the determinism switch."""
+    device = select_device(cfg.runtime.device)
+    init_distributed(device)
+    if cfg.runtime.threads > 0:
+        torch.set_num_threads(cfg.runtime.threads)
+    if cfg.runtime.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    seed = cfg.seed + get_rank()
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    import random
+
+    random.seed(seed)
+    return device
+
+
+def make_context(cfg: Config, device: torch.device, ckpt_dir: Path, tb_subdir: str = "tb") -> TrainContext:
+    work = Path(cfg.work_dir)
+    ctx = TrainContext(cfg=cfg, device=device, ckpt_dir=Path(ckpt_dir), metrics_dir=work / "metrics",
+                       tb_dir=work / tb_subdir if cfg.runtime.tensorboard else None,
+                       rank=get_rank(), world_size=get_world_size())
+    if ctx.is_main:
+        ctx.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        ctx.metrics_dir.mkdir(parents=True, exist_ok=True)
+        if ctx.tb_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            ctx.writer = SummaryWriter(str(ctx.tb_dir))
+    return ctx
+
+
+def _move(batch: dict, device: torch.device, channels_last: bool) -> dict:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device, non_blocking=True)
+            if channels_last and v.dim() == 4:
+                v = v.contiguous(memory_format=torch.channels_last)
+        out[k] = v
+    return out
+
+
+class _FiniteWatch:
+    """Tracks, on the device, the first step at which each loss term was not finite.
+
+    Checked (a host sync) only at logging intervals and before every checkpoint.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.names: list[str] = []
+        self.first_bad: torch.Tensor | None = None
+        self.sums: torch.Tensor | None = None
+        self.count = 0
+
+    def update(self, terms: dict, step: int) -> None:
+        if self.first_bad is None:
+            self.names = list(terms)
+            self.first_bad = torch.full((len(self.names),), -1, dtype=torch.long, device=self.device)
+            self.sums = torch.zeros(len(self.names), dtype=torch.float64, device=self.device)
+        vals = torch.stack([terms[n].detach().float().reshape(()) for n in self.names])
+        bad = ~torch.isfinite(vals)
+        self.first_bad = torch.where(bad & (self.first_bad < 0), torch.full_like(self.first_bad, step), self.first_bad)
+        self.sums += vals.double()
+        self.count += 1
+
+    def check(self, last_good: str) -> None:
+        if self.first_bad is None:
+            return
+        fb = self.first_bad.tolist()
+        bad = [(s, n) for s, n in zip(fb, self.names) if s >= 0]
+        if bad:
+            # name the specific term rather than the total when both went bad at the same step
+            s, n = min(bad, key=lambda b: (b[0], b[1] == "loss"))
+            raise NonFiniteLossError(f"non-finite loss term '{n}' at step {s}; training stopped; last good checkpoint: {last_good}")
+
+    def means(self) -> dict:
+        if not self.count:
+            return {}
+        vals = (self.sums / self.count).tolist()
+        self.sums.zero_()
+        self.count = 0
+        return dict(zip(self.names, vals))
+
+
+def _phase_state_path(ctx: TrainContext, phase: Phase) -> Path:
+    return ctx.ckpt_dir / f"{phase.name}.pth"
+
+
+def run_phases(model: nn.Module, phases: list[Phase], ctx: TrainContext, resume: bool = True,
+               final_path: Path | None = None, final_meta: dict | None = None) -> Path:
+    """Train ``phases`` in order on ``model``; returns the final checkpoint's path."""
+    model.to(ctx.device)
+    if ctx.cfg.runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    last_path = ctx.ckpt_dir / "last.pth"
+    names = [p.name for p in phases]
+    if len(set(names)) != len(names):
+        raise ValueError(f"phase names must be unique: {names}")
+    resume_state = None
+    if resume and last_path.is_file():
+        resume_state = load_checkpoint(last_path)
+    for phase in phases:
+        done = _phase_state_path(ctx, phase)
+        if phase.setup:
+            phase.setup(model, ctx)
+        if done.is_file():
+            unwrap(model).load_state_dict(load_checkpoint(done)["model"])
+            ctx.log(f"[{phase.name}] finished earlier; weights loaded from {done}")
+        else:
+            state = resume_state if resume_state and resume_state.get("phase") == phase.name else None
+            train_phase(model, phase, ctx, state, last_path)
+            if ctx.is_main:
+                save_checkpoint(done, {"model": model_state(model), "phase": phase.name, "config": to_dict(ctx.cfg)})
+                if last_path.is_file():
+                    last_path.unlink()
+            _barrier()
+        if phase.finish:
+            phase.finish(model, ctx)
+    final_path = final_path or ctx.ckpt_dir / "final.pth"
+    if ctx.is_main:
+        meta = dict(final_meta or {})
+        save_checkpoint(final_path, {"model": model_state(model), **meta, "config": to_dict(ctx.cfg)})
+        ctx.log(f"final weights: {final_path}")
+    _barrier()
+    return final_path
+
+
+def _barrier() -> None:
+    if is_distributed():
+        torch.distributed.barrier()
+
+
+def train_phase(model: nn.Module, phase: Phase, ctx: TrainContext, state: dict | None, last_path: Path) -> dict:
+    cfg, sched, device = ctx.cfg, phase.schedule, ctx.device
+    dataset = phase.build_dataset(ctx)
+    if sched.batch_size % ctx.world_size:
+        raise ValueError(f"[{phase.name}] batch size {sched.batch_size} is not divisible by the {ctx.world_size} ranks")
+    per_rank_batch = sched.batch_size // ctx.world_size
+    sampler = ResumableSampler(len(dataset), seed=cfg.seed + 1000 * phase.seed_offset, rank=ctx.rank, world_size=ctx.world_size)
+    steps_per_epoch = sampler.per_rank // per_rank_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"[{phase.name}] {len(dataset)} training images are fewer than one batch of {sched.batch_size}")
+    total = sched.iterations if sched.iterations > 0 else sched.epochs * steps_per_epoch
+    if sched.max_steps > 0:
+        total = min(total, sched.max_steps)
+    workers = sched.workers
+    loader = DataLoader(dataset, batch_size=per_rank_batch, sampler=sampler, num_workers=workers, drop_last=True,
+                        pin_memory=cfg.runtime.pin_memory and device.type == "cuda",
+                        persistent_workers=cfg.runtime.persistent_workers and workers > 0,
+                        prefetch_factor=4 if workers > 0 else None)
+
+    bare = unwrap(model)
+    bare.train()
+    optimizer = build_sgd(phase.param_groups(bare), sched.lr, sched.momentum, sched.weight_decay, sched.nesterov)
+    scheduler = build_poly(optimizer, total, sched.poly_power)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.runtime.amp == "fp16")
+    step = 0
+    if state is not None:
+        bare.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        step = int(state["step"])
+        set_rng_state(state["rng"])
+        ctx.log(f"[{phase.name}] resumed from {last_path} at step {step}/{total}")
+
+    net: nn.Module = bare
+    if cfg.runtime.compile:
+        net = torch.compile(net)
+    if is_distributed():
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        if cfg.runtime.sync_bn and device.type == "cuda":
+            # trainable BN (frozen BN never changes) then sees the global batch
+            nn.SyncBatchNorm.convert_sync_batchnorm(bare)
+        net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    watch = _FiniteWatch(device)
+    progress = None
+    if ctx.is_main and cfg.runtime.progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=total, initial=step, desc=phase.name, dynamic_ncols=True, leave=True)
+    t_start = time.perf_counter()
+    t_window, imgs_window, data_wait = time.perf_counter(), 0, 0.0
+    step0 = step
+    last_good = str(last_path) if last_path.is_file() else "none yet"
+    summary: dict = {}
+
+    def save_last() -> None:
+        nonlocal last_good
+        watch.check(last_good)
+        if ctx.is_main:
+            save_checkpoint(last_path, {
+                "phase": phase.name, "step": step, "model": bare.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                "rng": rng_state(), "config": to_dict(cfg),
+            })
+        last_good = f"{last_path} (step {step})"
+
+    while step < total:
+        epoch = step // steps_per_epoch
+        sampler.set_epoch(epoch, skip=(step % steps_per_epoch) * per_rank_batch)
+        t_data = time.perf_counter()
+        for batch in loader:
+            data_wait += time.perf_counter() - t_data
+            batch = _move(batch, device, cfg.runtime.channels_last)
+            with ctx.autocast():
+                terms = phase.compute_loss(net, batch, ctx)
+            loss = terms["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            watch.update(terms, step)
+            step += 1
+            imgs_window += per_rank_batch * ctx.world_size
+            if progress is not None:
+                progress.update(1)
+            if step % sched.log_interval == 0 or step == total:
+                watch.check(last_good)
+                elapsed = time.perf_counter() - t_window
+                means = watch.means()
+                ips = imgs_window / max(elapsed, 1e-9)
+                summary = {**means, "images_per_s": ips, "data_wait_fraction": data_wait / max(elapsed, 1e-9)}
+                if progress is not None:
+                    progress.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}", ips=f"{ips:.1f}")
+                if ctx.writer is not None:
+                    for k, v in means.items():
+                        ctx.writer.add_scalar(f"{phase.name}/{k}", v, step)
+                    for i, g in enumerate(optimizer.param_groups):
+                        ctx.writer.add_scalar(f"{phase.name}/lr_{g.get('name') or i}", g["lr"], step)
+                    ctx.writer.add_scalar(f"{phase.name}/images_per_s", ips, step)
+                t_window, imgs_window, data_wait = time.perf_counter(), 0, 0.0
+            if sched.vis_interval and phase.visualize and ctx.writer is not None and step % sched.vis_interval == 0:
+                with torch.no_grad():
+                    img = phase.visualize(bare, batch, {})
+                if img is not None:
+                    ctx.writer.add_image(f"{phase.name}/cam", img, step, dataformats="HWC")
+            if sched.val_interval and phase.validate and step % sched.val_interval == 0 and step < total:
+                metrics = phase.validate(bare, ctx)
+                bare.train()
+                ctx.log(f"[{phase.name}] step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+                if ctx.writer is not None:
+                    for k, v in metrics.items():
+                        if isinstance(v, (int, float)):
+                            ctx.writer.add_scalar(f"{phase.name}/val_{k}", v, step)
+            if sched.ckpt_interval and step % sched.ckpt_interval == 0 and step < total:
+                save_last()
+            if step >= total:
+                break
+            t_data = time.perf_counter()
+    if progress is not None:
+        progress.close()
+    watch.check(last_good)
+    if is_distributed():
+        # parameters agree through DDP; BN running statistics are per rank: take rank 0's
+        for buf in bare.buffers():
+            torch.distributed.broadcast(buf, 0)
+    seconds = time.perf_counter() - t_start
+    summary.update({"phase": phase.name, "steps": total, "steps_this_run": step - step0, "seconds_this_run": round(seconds, 2),
+                    "images_per_s_this_run": (step - step0) * sched.batch_size / max(seconds, 1e-9)})
+    ctx.log(f"[{phase.name}] done: {total} steps, {summary['images_per_s_this_run']:.1f} images/s, {seconds:.1f} s")
+    if ctx.is_main:
+        atomic_write_json(ctx.metrics_dir / f"train_{phase.name}.json", {**summary, "config": to_dict(cfg)})
+    return summary
+
+

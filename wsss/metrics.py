@@ -1,0 +1,125 @@
+"""Confusion matrices, mIoU, and the one-pass CAM threshold sweep.
+
+mIoU is the mean over classes (background included) of TP / (TP + FP + FN),
+from one confusion matrix accumulated over the whole split; GT 255 is ignored.
+A class absent from both GT and prediction has no IoU (NaN) and is left out of
+the mean.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def confusion_matrix(gt: np.ndarray, pred: np.ndarray, n: int, ignore_pred_255: bool = False) -> np.ndarray:
+    """[n, n] counts, rows = GT class, columns = predicted class; GT 255 ignored.
+
+    Predicted 255 counts as background unless ``ignore_pred_255`` (then those
+    pixels are left out).
+    """
+    gt = np.asarray(gt).ravel().astype(np.int64)
+    pred = np.asarray(pred).ravel().astype(np.int64)
+    valid = gt != 255
+    if ignore_pred_255:
+        valid &= pred != 255
+    else:
+        pred = np.where(pred == 255, 0, pred)
+    gt, pred = gt[valid], pred[valid]
+    if gt.size and (gt.max() >= n or pred.max() >= n):
+        raise ValueError(f"label values exceed {n - 1}")
+    return np.bincount(gt * n + pred, minlength=n * n).reshape(n, n)
+
+
+def scores(conf: np.ndarray, class_names: list[str] | None = None) -> dict:
+    conf = conf.astype(np.float64)
+    tp = np.diag(conf)
+    gt_sum = conf.sum(1)
+    pred_sum = conf.sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = tp / (gt_sum + pred_sum - tp)
+        precision = tp / pred_sum
+        recall = tp / gt_sum
+    names = class_names or [str(i) for i in range(len(tp))]
+    total = conf.sum()
+    return {
+        "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+        "pixel_accuracy": float(tp.sum() / total) if total else float("nan"),
+        "iou": {n: _f(v) for n, v in zip(names, iou)},
+        "precision": {n: _f(v) for n, v in zip(names, precision)},
+        "recall": {n: _f(v) for n, v in zip(names, recall)},
+    }
+
+
+def _f(v: float) -> float | None:
+    return None if not np.isfinite(v) else float(v)
+
+
+def cam_to_label(cams: np.ndarray, keys: np.ndarray, threshold: float) -> np.ndarray:
+    """Label map from normalised CAMs: a background plane at ``threshold``, argmax.
+
+    A pixel is background unless some kept class exceeds the threshold (ties
+    go to background, as np.argmax picks the first maximum).
+    """
+    h, w = cams.shape[1:]
+    if len(keys) == 0:
+        return np.zeros((h, w), np.int64)
+    planes = np.concatenate([np.full((1, h, w), threshold, dtype=np.float32), cams.astype(np.float32)], 0)
+    lut = np.concatenate([[0], np.asarray(keys) + 1])
+    return lut[np.argmax(planes, 0)]
+
+
+def threshold_range(start: float, stop: float, step: float) -> list[float]:
+    n = int(round((stop - start) / step)) + 1
+    return [round(start + i * step, 10) for i in range(n)]
+
+
+class ThresholdSweep:
+    """Confusion matrices for T background thresholds from one pass over the pixels.
+
+    Per pixel, the predicted foreground class (argmax over the kept CAMs) does
+    not depend on the threshold; only the foreground/background decision does
+    (max score > t). So one histogram over (GT class, argmax class, index of the
+    score among the sorted thresholds) gives every threshold's confusion by a
+    cumulative sum. Equal, bit for bit, to T calls of :func:`cam_to_label`.
+    """
+
+    def __init__(self, num_classes: int, thresholds: list[float]):
+        self.n = num_classes + 1
+        self.thresholds = np.asarray(sorted(thresholds), dtype=np.float32)
+        if len(np.unique(self.thresholds)) != len(self.thresholds):
+            raise ValueError("thresholds must be distinct")
+        self.t = len(self.thresholds)
+        self.hist = np.zeros(self.n * self.n * (self.t + 1), dtype=np.int64)
+
+    def add(self, gt: np.ndarray, cams: np.ndarray, keys: np.ndarray) -> None:
+        gt = np.asarray(gt).ravel().astype(np.int64)
+        valid = gt != 255
+        if len(keys) == 0:
+            fg = np.zeros(gt.shape, np.int64)
+            idx = np.zeros(gt.shape, np.int64)
+        else:
+            flat = cams.reshape(len(keys), -1).astype(np.float32, copy=False)
+            arg = np.argmax(flat, 0)
+            top = np.take_along_axis(flat, arg[None], 0)[0]
+            fg = (np.asarray(keys) + 1)[arg]
+            # number of thresholds strictly below the score: fg for thresholds t_j, j < idx
+            idx = np.searchsorted(self.thresholds, top, side="left")
+        code = (gt[valid] * self.n + fg[valid]) * (self.t + 1) + idx[valid]
+        self.hist += np.bincount(code, minlength=self.hist.size)
+
+    def confusions(self) -> np.ndarray:
+        """[T, n, n] confusion matrices, one per threshold (in sorted order)."""
+        h = self.hist.reshape(self.n, self.n, self.t + 1)
+        # fg_at[j] = pixels with idx > j, i.e. predicted as their argmax class at threshold j
+        tail = np.cumsum(h[:, :, ::-1], axis=2)[:, :, ::-1]  # tail[..., i] = sum_{idx >= i}
+        out = np.zeros((self.t, self.n, self.n), np.int64)
+        for j in range(self.t):
+            fg = tail[:, :, j + 1]
+            bg_rows = h.sum(2) - fg  # pixels that fall back to background
+            conf = fg.copy()
+            # rows keep their GT class; whatever is not foreground at threshold j is predicted 0
+            conf[:, 0] = fg[:, 0] + bg_rows.sum(1)
+            out[j] = conf
+        return out
+
+    def results(self, class_names: list[str] | None = None) -> list[dict]:
+        return [{"threshold": float(round(float(t), 6)), **scores(c, class_names)} for t, c in zip(self.thresholds, self.confusions())]

@@ -1,0 +1,70 @@
+"""The ``seg`` config section: DeepLab training on pseudo masks and its evaluation."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from wsss.config import AugConfig, register_section
+from wsss.registry import register_finalizer
+
+
+def _seg_aug() -> AugConfig:
+    return AugConfig(resize_long=[], scale_range=[0.5, 1.5], interpolation="bilinear", crop_size=321)
+
+
+@dataclass
+class SegConfig:
+    arch: Literal["deeplabv2", "deeplabv3"] = "deeplabv2"
+    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet101"
+    # torchvision weights name, a local file (e.g. a COCO-pretrained DeepLab init), or none
+    weights: str = "IMAGENET1K_V1"
+    output_stride: Literal[8, 16] = 8
+    frozen_bn: bool = True
+    aspp_rates: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
+    # training
+    train_split: str = "train_aug"
+    mask_dir: str = ""  # default: pseudo.out_dir (the experiment's pseudo masks); or any mask folder
+    iterations: int = 20000
+    batch_size: int = 10
+    lr: float = 2.5e-4
+    head_lr_mult: float = 10.0  # head weights
+    head_bias_lr_mult: float = 20.0  # head biases (no weight decay on them)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    workers: int = 4
+    log_interval: int = 20
+    ckpt_interval: int = 1000
+    val_interval: int = 0  # > 0: val mIoU every N iterations (needs GT)
+    aug: AugConfig = field(default_factory=_seg_aug)
+    # evaluation
+    checkpoint: str = ""  # default: <work_dir>/seg/checkpoints/final.pth
+    val_split: str = "val"
+    test_split: str = ""  # e.g. "test": export PNGs for the evaluation server
+    scales: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5])
+    flip: bool = True
+    crf: bool = False
+    crf_iters: int = 10
+    crf_gauss_sxy: float = 1.0
+    crf_gauss_compat: float = 3.0
+    crf_bilateral_sxy: float = 67.0
+    crf_bilateral_srgb: float = 3.0
+    crf_bilateral_compat: float = 4.0
+    save_predictions: bool = True  # coloured PNGs of val predictions
+    out_dir: str = ""  # default: <work_dir>/seg
+
+
+register_section("seg", SegConfig)
+
+
+@register_finalizer
+def _finalize_seg(cfg) -> None:
+    from pathlib import Path
+
+    s = cfg.seg
+    if not s.out_dir:
+        s.out_dir = str(Path(cfg.work_dir) / "seg")
+    if not s.mask_dir:
+        s.mask_dir = cfg.pseudo.out_dir
+    if not s.checkpoint:
+        s.checkpoint = str(Path(s.out_dir) / "checkpoints" / "final.pth")
