@@ -67,11 +67,11 @@ def class_styles(num_classes: int) -> list[ClassStyle]:
     if num_classes > len(_PART_COLOURS) * 2:
         raise ValueError(f"synthetic data supports at most {len(_PART_COLOURS) * 2} classes")
     styles = []
+    n = len(_PART_COLOURS)
     for c in range(num_classes):
-        a = _PART_COLOURS[c % len(_PART_COLOURS)]
-        b = _PART_COLOURS[(c * 7 + 3) % len(_PART_COLOURS)]
-        if b == a:
-            b = (255 - a[0], 255 - a[1], 255 - a[2])
+        # a colour pair of its own for each class (pairs repeat, with other patterns, past n/2 classes)
+        a = _PART_COLOURS[(2 * c) % n]
+        b = _PART_COLOURS[(2 * c + 1 + 2 * (c // (n // 2))) % n]
         styles.append(ClassStyle(a, b, _PATTERNS[c % len(_PATTERNS)], hue=c / num_classes,
                                  stripe_freq=0.25 + 0.35 * ((c * 3) % num_classes) / max(num_classes - 1, 1)))
     return styles
@@ -180,7 +180,7 @@ def render_scene(rng: np.random.Generator, size: int, styles: list[ClassStyle], 
             body = _poly_mask(poly, h, w)
             if body.sum() < 50:
                 continue
-            part = max(6, int(round(size * 0.06)))
+            part = max(6, int(round(size * 0.075)))
             # the part sits fully inside the body, away from its edge
             ys, xs = np.nonzero(body)
             ok = False

@@ -26,13 +26,21 @@ def build_sgd(groups: list[dict], lr: float, momentum: float, weight_decay: floa
                            nesterov=nesterov and momentum > 0)
 
 
-def poly_lambda(total_steps: int, power: float):
+def poly_lambda(total_steps: int, power: float, span: tuple[float, float] = (0.0, 1.0)):
+    a, b = span
+
     def f(step: int) -> float:
-        return (1 - min(step, total_steps) / max(total_steps, 1)) ** power
+        progress = a + (b - a) * min(step, total_steps) / max(total_steps, 1)
+        return max(1 - progress, 0.0) ** power
 
     return f
 
 
-def build_poly(optimizer: torch.optim.Optimizer, total_steps: int, power: float) -> LambdaLR:
-    """lr(step) = base_lr * (1 - step / total) ** power; step 0 uses the full rate (as IRN)."""
-    return LambdaLR(optimizer, poly_lambda(total_steps, power))
+def build_poly(optimizer: torch.optim.Optimizer, total_steps: int, power: float,
+               span: tuple[float, float] = (0.0, 1.0)) -> LambdaLR:
+    """lr(step) = base_lr * (1 - step / total) ** power; step 0 uses the full rate (as IRN).
+
+    ``span`` maps this schedule onto a part of a longer one: (0.5, 1.0) continues
+    a decay that is half done (PPL stages without restarts).
+    """
+    return LambdaLR(optimizer, poly_lambda(total_steps, power, span))

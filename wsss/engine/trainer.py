@@ -51,6 +51,7 @@ class Schedule:
     nesterov: bool = False
     weight_decay: float = 1e-4
     poly_power: float = 0.9
+    poly_span: tuple = (0.0, 1.0)  # the share of a longer poly decay this phase covers
     log_interval: int = 20
     ckpt_interval: int = 200
     vis_interval: int = 0
@@ -269,7 +270,7 @@ def train_phase(model: nn.Module, phase: Phase, ctx: TrainContext, state: dict |
     bare = unwrap(model)
     bare.train()
     optimizer = build_sgd(phase.param_groups(bare), sched.lr, sched.momentum, sched.weight_decay, sched.nesterov)
-    scheduler = build_poly(optimizer, total, sched.poly_power)
+    scheduler = build_poly(optimizer, total, sched.poly_power, tuple(sched.poly_span))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.runtime.amp == "fp16")
     step = 0
     if state is not None:

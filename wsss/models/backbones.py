@@ -140,11 +140,20 @@ def _unwrap_state_dict(obj, source: str) -> dict:
         raise WeightsError(f"{source}: not a state dict of tensors")
     out = {}
     for k, v in obj.items():
-        for prefix in ("module.", "backbone.", "_orig_mod."):
+        for prefix in ("module.", "_orig_mod.", "backbone."):
             if k.startswith(prefix):
                 k = k[len(prefix):]
-        out[k] = v
+        out[_TORCHVISION_NAME.get(k.split(".")[0], lambda k: k)(k)] = v
     return out
+
+
+# our stage naming (checkpoints of this project's CAM networks) -> torchvision's names
+_TORCHVISION_NAME = {
+    "stage2": lambda k: "layer2" + k[len("stage2"):],
+    "stage3": lambda k: "layer3" + k[len("stage3"):],
+    "stage4": lambda k: "layer4" + k[len("stage4"):],
+    "stage1": lambda k: {"0": "conv1", "1": "bn1", "4": "layer1"}[k.split(".")[1]] + k[len("stage1.x"):],
+}
 
 
 def load_state_dict_checked(module: nn.Module, state: dict, source: str, ignore_prefixes: tuple[str, ...] = ()) -> None:
@@ -211,4 +220,6 @@ def load_backbone_weights(net: ResNet, arch: str, weights: str) -> None:
         return
     looks_like_path = os.sep in weights or weights.endswith((".pth", ".pt", ".bin", ".ckpt")) or Path(weights).exists()
     sd = load_weights_file(weights) if looks_like_path else fetch_torchvision_weights(arch, weights)
+    # the heads of classification / segmentation checkpoints are not backbone weights
+    sd = {k: v for k, v in sd.items() if not k.startswith(("classifier.", "aspp.", "aux_classifier."))}
     load_state_dict_checked(net, sd, weights, ignore_prefixes=("fc.",))

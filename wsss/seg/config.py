@@ -16,7 +16,8 @@ def _seg_aug() -> AugConfig:
 class SegConfig:
     arch: Literal["deeplabv2", "deeplabv3"] = "deeplabv2"
     backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet101"
-    # torchvision weights name, a local file (e.g. a COCO-pretrained DeepLab init), or none
+    # torchvision weights name, a local file (e.g. a COCO-pretrained DeepLab init), none, or
+    # from_cam: the backbone of this experiment's trained CAM network (cam.checkpoint)
     weights: str = "IMAGENET1K_V1"
     output_stride: Literal[8, 16] = 8
     frozen_bn: bool = True
@@ -68,3 +69,5 @@ def _finalize_seg(cfg) -> None:
         s.mask_dir = cfg.pseudo.out_dir
     if not s.checkpoint:
         s.checkpoint = str(Path(s.out_dir) / "checkpoints" / "final.pth")
+    if s.weights == "from_cam":
+        s.weights = cfg.cam.checkpoint

@@ -1,0 +1,87 @@
+"""PPL's config section, model builders and training phases, registered with the shared layer.
+
+    model.name: ppl_progressive   one model trained stage after stage (Fig. 2)
+    model.name: ppl_explicit      all split points in one forward pass (Fig. 5)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ppl_wsss.model import PPLNet
+from wsss.cam.training import default_cam_phase
+from wsss.config import ConfigError, register_section
+from wsss.engine.checkpoint import unwrap
+from wsss.models.cam_net import build_backbone
+from wsss.registry import register_model
+
+
+@dataclass
+class PPLStage:
+    split_after: int  # patch the output of this stage (1..3); stages split_after+1..4 run per patch
+    grid: int = 2  # g: a g x g grid of patches
+    epochs: int = -1  # < 0: train.epochs
+    lr: float = -1.0  # < 0: train.lr
+
+
+def _default_stages() -> list[PPLStage]:
+    return [PPLStage(1), PPLStage(2), PPLStage(3)]
+
+
+@dataclass
+class PPLConfig:
+    # progressive: the stages in training order (each moves the split one block deeper)
+    stages: list[PPLStage] = field(default_factory=_default_stages)
+    # explicit: every split point at once, one grid each
+    split_points: list[int] = field(default_factory=lambda: [1, 2, 3])
+    grids: list[int] = field(default_factory=lambda: [2, 2, 2])
+    cam_source: Literal["concat", "full"] = "concat"
+    pad_mode: Literal["zeros", "replicate", "reflect"] = "replicate"
+    # yes: every stage has its own poly schedule from its own lr; no: one poly decay
+    # spans all stages (each stage continues where the previous one stopped)
+    restart_schedule: bool = True
+
+
+register_section("ppl", PPLConfig)
+
+
+def _check_stages(cfg) -> list[PPLStage]:
+    stages = cfg.ppl.stages
+    if not stages:
+        raise ConfigError("ppl.stages: progressive PPL needs at least one stage")
+    return stages
+
+
+@register_model("ppl_explicit")
+def build_ppl_explicit(cfg) -> PPLNet:
+    p = cfg.ppl
+    if len(p.grids) != len(p.split_points):
+        raise ConfigError(f"ppl.grids: one grid per split point ({len(p.split_points)}), got {len(p.grids)}")
+    return PPLNet(build_backbone(cfg), cfg.data.num_classes, cfg.model.detach_stage, p.split_points, p.grids,
+                  explicit=True, cam_source=p.cam_source, pad_mode=p.pad_mode)
+
+
+def progressive_phases(cfg) -> list:
+    stages = _check_stages(cfg)
+    epochs = [s.epochs if s.epochs >= 0 else cfg.train.epochs for s in stages]
+    total = sum(epochs)
+    phases, done = [], 0
+    for i, (st, ep) in enumerate(zip(stages, epochs)):
+        overrides = {"epochs": ep, "lr": st.lr if st.lr >= 0 else cfg.train.lr}
+        if not cfg.ppl.restart_schedule and total > 0:
+            overrides["poly_span"] = (done / total, (done + ep) / total)
+        done += ep
+        phase = default_cam_phase(cfg, name=f"stage{i + 1}", **overrides)
+        phase.setup = (lambda idx: lambda model, ctx: unwrap(model).set_stage(idx))(i)
+        phase.seed_offset = i
+        phases.append(phase)
+    return phases
+
+
+@register_model("ppl_progressive", phase_plan=progressive_phases)
+def build_ppl_progressive(cfg) -> PPLNet:
+    stages = _check_stages(cfg)
+    model = PPLNet(build_backbone(cfg), cfg.data.num_classes, cfg.model.detach_stage, [s.split_after for s in stages],
+                   [s.grid for s in stages], explicit=False, cam_source=cfg.ppl.cam_source, pad_mode=cfg.ppl.pad_mode)
+    model.set_stage(len(stages) - 1)  # inference uses the last stage's configuration
+    return model

@@ -1,0 +1,85 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gslm.loss import downsample_mask, seed_reactivation_loss
+
+
+def _mask(small: list) -> torch.Tensor:
+    """A 4x4 mask whose nearest 2x2 downsampling is ``small`` (each value fills a 2x2 block)."""
+    return torch.from_numpy(np.kron(np.array(small), np.ones((2, 2), dtype=np.int64)))
+
+
+def test_seed_reactivation_hand_computed():
+    cam = torch.zeros(3, 2, 2, 2)
+    cam[0, 0] = torch.tensor([[2.0, -1.0], [1.0, 0.0]])  # ReLU -> max 2 -> [[1, 0], [.5, 0]]
+    cam[0, 1] = torch.tensor([[0.5, 0.5], [0.0, 1.0]])  # max 1 -> itself
+    cam[2, 0] = torch.tensor([[0.2, 0.1], [0.0, 0.0]])  # max .2 -> [[1, .5], [0, 0]]
+    cam[1] = torch.rand(2, 2, 2)
+    mask = torch.stack([_mask([[1, 255], [0, 2]]),  # multi-label image with an ignored pixel
+                        _mask([[255, 255], [255, 255]]),  # all ignored: contributes nothing
+                        _mask([[1, 1], [0, 0]])])
+    labels = torch.tensor([[1.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    assert downsample_mask(mask, (2, 2))[0].tolist() == [[1, 255], [0, 2]]
+    # smooth_l1(d) = 0.5 d^2 if |d| < 1 else |d| - 0.5, mean over the valid pixels
+    # image 0, class 0 (target mask == 1): pred 6*[1, .5, 0] vs 6*[1, 0, 0] -> [0, 2.5, 0] -> 2.5/3
+    # image 0, class 1 (target mask == 2): pred 6*[.5, 0, 1] vs 6*[0, 0, 1] -> [2.5, 0, 0] -> 2.5/3
+    # image 2, class 0: pred 6*[1, .5, 0, 0] vs 6*[1, 1, 0, 0] -> [0, 2.5, 0, 0] -> 0.625
+    expected = 2.5 / 3 + 2.5 / 3 + 0.625
+    got = seed_reactivation_loss(cam, mask, labels, beta=6.0)
+    assert got.item() == pytest.approx(expected, rel=1e-4)
+    # summed over images, not averaged: the all-ignore image adds nothing
+    assert seed_reactivation_loss(cam[[0]], mask[[0]], labels[[0]]).item() == pytest.approx(5 / 3, rel=1e-4)
+    assert seed_reactivation_loss(cam[[1]], mask[[1]], labels[[1]]).item() == 0.0
+
+
+def test_seed_reactivation_beta_and_gradient():
+    cam = torch.tensor([[[[0.5, 1.0], [0.25, 0.0]]]], requires_grad=True)
+    mask = _mask([[1, 1], [0, 0]])[None]
+    labels = torch.tensor([[1.0]])
+    # beta 2: pred 2*[.5, 1, .25, 0] vs 2*[1, 1, 0, 0] -> d = [-1, 0, .5, 0] -> [.5, 0, .125, 0] -> mean .15625
+    loss = seed_reactivation_loss(cam, mask, labels, beta=2.0)
+    assert loss.item() == pytest.approx(0.15625, rel=1e-4)
+    loss.backward()
+    assert cam.grad is not None and torch.isfinite(cam.grad).all()
+
+
+def test_gslm_phases_and_round_thresholds(tiny_cfg):
+    from gslm.slm import report_threshold
+    from wsss.cam.training import cam_phases
+
+    cfg = tiny_cfg("gslm/gslm_r18_synthetic.yaml", **{"gslm.rounds": 3})
+    assert [p.name for p in cam_phases(cfg)] == ["cam", "slm_round1", "slm_round2", "slm_round3"]
+    assert [report_threshold(cfg, r) for r in range(4)] == [0.15, 0.15, 0.25, 0.35]
+    cfg.gslm.rounds = 0
+    assert [p.name for p in cam_phases(cfg)] == ["cam"]
+    ppl = tiny_cfg("gslm/ppl_gslm_r18_synthetic.yaml", **{"gslm.rounds": 2})
+    assert [p.name for p in cam_phases(ppl)] == ["stage1", "stage2", "stage3", "slm_round1", "slm_round2"]
+
+
+@pytest.mark.slow
+def test_gslm_run_glm_and_rounds(tiny_root, tmp_path):
+    from conftest import CONFIGS, run_script, tiny_overrides
+
+    work = tmp_path / "work"
+    args = ["--config", str(CONFIGS / "gslm/gslm_r18_synthetic.yaml"),
+            *tiny_overrides(tiny_root, work, **{"gslm.rounds": 2, "gslm.epochs": 1, "gslm.lr": 0.01})]
+    out = run_script("train_cam.py", *args)
+    for r in range(3):
+        assert len(list((work / "gslm" / f"round{r}" / "pseudo").glob("*.png"))) == 24
+    for name in ("cam", "slm_round1", "slm_round2", "final"):
+        assert (work / "checkpoints" / f"{name}.pth").is_file()
+    table = json.loads((work / "metrics" / "gslm_rounds.json").read_text())["rounds"]
+    assert [r["name"] for r in table] == ["GLM", "round 1", "round 2"]
+    assert [r["report_threshold"] for r in table] == [0.15, 0.15, 0.25]
+    assert all(0 <= r["cam_miou_best"] <= 1 and 0 <= r["pseudo_miou_255_as_bg"] <= 1 for r in table)
+    assert "| round 2 |" in out.stdout
+    # the final weights are round 2's
+    final = torch.load(work / "checkpoints" / "final.pth", weights_only=True)["model"]
+    last = torch.load(work / "checkpoints" / "slm_round2.pth", weights_only=True)["model"]
+    assert all(torch.equal(final[k], last[k]) for k in final)
+    # a rerun has nothing left to do
+    again = run_script("train_cam.py", *args)
+    assert "[slm_round2] finished earlier" in again.stdout and "CAMs and pseudo masks" not in again.stdout

@@ -1,0 +1,155 @@
+import numpy as np
+import pytest
+import torch
+
+from ppl_wsss.model import PPLNet
+from ppl_wsss.patch import merge_patches, split_patches
+from wsss.models.backbones import ResNetBackbone
+
+
+@pytest.mark.parametrize("shape,grid", [((2, 3, 8, 12), 2), ((1, 4, 9, 7), 2), ((2, 2, 10, 11), 3), ((1, 1, 5, 5), 1)])
+@pytest.mark.parametrize("pad_mode", ["zeros", "replicate", "reflect"])
+def test_merge_inverts_split(shape, grid, pad_mode):
+    x = torch.randn(*shape)
+    patches, info = split_patches(x, grid, pad_mode)
+    b, c, h, w = shape
+    assert patches.shape == (grid * grid * b, c, -(-h // grid), -(-w // grid))
+    assert torch.equal(merge_patches(patches, info), x)
+
+
+def test_patches_are_the_grid_cells_in_order():
+    x = torch.arange(2 * 1 * 4 * 6, dtype=torch.float32).reshape(2, 1, 4, 6)
+    patches, _ = split_patches(x, 2)
+    # patch-major: (row 0, col 0) for every image, then (row 0, col 1), ...
+    assert torch.equal(patches[0], x[0, :, :2, :3])
+    assert torch.equal(patches[1], x[1, :, :2, :3])
+    assert torch.equal(patches[2], x[0, :, :2, 3:])
+    assert torch.equal(patches[7], x[1, :, 2:, 3:])
+
+
+def test_padding_modes():
+    x = torch.ones(1, 1, 3, 3)
+    p, _ = split_patches(x, 2, "zeros")
+    assert p[3, 0, 1, 1] == 0  # bottom-right padded corner
+    p, _ = split_patches(x, 2, "replicate")
+    assert torch.all(p == 1)
+
+
+def test_block_on_split_patches_equals_per_patch_by_hand():
+    torch.manual_seed(0)
+    block = ResNetBackbone("resnet18", weights="none").stage3.eval()  # a strided block
+    x = torch.randn(2, 128, 12, 10)
+    with torch.no_grad():
+        patches, info = split_patches(x, 2)
+        merged = merge_patches(block(patches), info)
+        assert merged.shape == (2, 256, 6, 6)  # 6x5 patches -> 3x3 each
+        for i in range(2):
+            for j in range(2):
+                cell = x[:, :, i * 6:(i + 1) * 6, j * 5:(j + 1) * 5]
+                torch.testing.assert_close(merged[:, :, i * 3:(i + 1) * 3, j * 3:(j + 1) * 3], block(cell), atol=1e-5, rtol=0)
+
+
+def _net(arch="resnet18", explicit=False, splits=(1, 2, 3), grids=(2, 2, 2), frozen_bn=True, detach_stage=0, cam_source="concat"):
+    torch.manual_seed(0)
+    bb = ResNetBackbone(arch, output_stride=16, frozen_bn=frozen_bn, freeze_stem=False, weights="none")
+    return PPLNet(bb, 4, detach_stage, list(splits), list(grids), explicit=explicit, cam_source=cam_source)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50", "resnet101"])
+def test_shapes_every_depth(arch):
+    for explicit in (False, True):
+        net = _net(arch, explicit=explicit).eval()
+        with torch.no_grad():
+            out = net(torch.randn(1, 3, 64, 64))
+        c = net.backbone.out_channels
+        assert net.classifier.in_channels == (4 if explicit else 2) * c
+        assert out["logits"].shape == (1, 4) and out["cam"].shape == (1, 4, 4, 4)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (70, 90), (33, 47)])
+def test_any_input_size(size):
+    for explicit in (False, True):
+        net = _net(explicit=explicit).eval()
+        with torch.no_grad():
+            cam = net.forward_cam(torch.randn(2, 3, *size))
+        assert cam.shape[:2] == (2, 4) and (cam >= 0).all()
+
+
+@pytest.mark.parametrize("split", [1, 2, 3])
+def test_patch_independence(split):
+    """With frozen BN, one patch's input changes nothing in the other patches' patch-path features."""
+    net = _net(splits=(split,), grids=(2,)).eval()
+    x = torch.randn(1, 3, 256, 256)  # patches of 128 px: wider than the stages' receptive field reach
+    n = 8  # the merged 16x16 map is four 8x8 patch outputs
+    with torch.no_grad():
+        feat = net.stem_features(x, split)
+        base = net.patch_path(feat, split, 2, (16, 16))
+        # 1) perturb the top-left patch of the split-point feature map
+        f2 = feat.clone()
+        h, w = feat.shape[-2:]
+        f2[:, :, : h // 2, : w // 2] += torch.randn_like(f2[:, :, : h // 2, : w // 2]) * 5
+        out = net.patch_path(f2, split, 2, (16, 16))
+        assert not torch.allclose(out[:, :, :n, :n], base[:, :, :n, :n])
+        assert torch.equal(out[:, :, n:, :], base[:, :, n:, :]) and torch.equal(out[:, :, :n, n:], base[:, :, :n, n:])
+        # 2) perturb image pixels deep inside the top-left patch region (farther from its
+        #    border than the receptive field of the stages before the split reaches)
+        x2 = x.clone()
+        x2[:, :, 4:12, 4:12] += 3.0
+        merged, full = net.features(x2)
+        merged0, full0 = net.features(x)
+        assert torch.equal(merged[0][:, :, n:, :], merged0[0][:, :, n:, :])
+        assert torch.equal(merged[0][:, :, :n, n:], merged0[0][:, :, :n, n:])
+        assert not torch.equal(merged[0][:, :, :n, :n], merged0[0][:, :, :n, :n])
+        # the full path, by contrast, carries the change across the patch borders
+        assert not torch.equal(full[:, :, n:, n:], full0[:, :, n:, n:])
+
+
+def test_explicit_branches_put_no_gradient_below_their_split():
+    net = _net(explicit=True, frozen_bn=True).train()
+    x = torch.randn(2, 3, 64, 64)
+    for b, k in enumerate(net.split_points):
+        net.zero_grad(set_to_none=True)
+        merged, full = net.features(x)
+        merged[b].square().mean().backward()  # a loss on branch k's patch features alone
+        stages = net.backbone.stages
+        for i in range(4):
+            grads = [p.grad for p in stages[i].parameters()]
+            if i < k:  # stages 1..k
+                assert all(g is None or torch.count_nonzero(g) == 0 for g in grads), (k, i)
+            else:  # shared stages k+1..N learn from the patches
+                assert any(g is not None and torch.count_nonzero(g) > 0 for g in grads), (k, i)
+
+
+def test_progressive_patch_path_trains_below_split():
+    """Fig. 2 has no detach: in progressive PPL the patch path's gradient reaches stages <= k."""
+    net = _net(splits=(2,), grids=(2,)).train()
+    merged, _ = net.features(torch.randn(2, 3, 64, 64))
+    merged[0].square().mean().backward()
+    assert any(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in net.backbone.stage1.parameters())
+
+
+def test_cam_source_full_uses_the_full_half():
+    net = _net(splits=(2,), grids=(2,), cam_source="full").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        cam = net.forward_cam(x)
+        full = net.stem_features(x, 4)
+        w = net.classifier.weight[:, net.feat_channels:]
+        expected = torch.relu(torch.nn.functional.conv2d(full, w))
+    torch.testing.assert_close(cam, expected)
+    assert not np.allclose(cam.numpy(), torch.relu(net(x)["cam"]).detach().numpy())
+
+
+def test_progressive_phase_plan(tiny_cfg):
+    from wsss.cam.training import build_cam_model, cam_phases
+
+    cfg = tiny_cfg("ppl/ppl_progressive_r18_synthetic.yaml")
+    phases = cam_phases(cfg)
+    assert [p.name for p in phases] == ["stage1", "stage2", "stage3"]
+    model = build_cam_model(cfg)
+    assert model.split_points == [1, 2, 3] and model.active == 2  # inference: the last stage
+    phases[0].setup(model, None)
+    assert model.branches == [(1, 2)]
+    cfg.ppl.restart_schedule = False
+    spans = [p.schedule.poly_span for p in cam_phases(cfg)]
+    assert spans[0][0] == 0 and spans[-1][1] == 1 and spans[0][1] == spans[1][0]

@@ -1,0 +1,67 @@
+"""train_seg: DeepLab on the pseudo masks of an experiment (or any mask folder), on the shared engine."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn as nn
+
+from wsss.config import Config, save_config
+from wsss.data.datasets import SegmentationDataset
+from wsss.data.synthetic import ensure_synthetic
+from wsss.data.transforms import TrainTransform
+from wsss.data.voc import VOCLayout
+from wsss.engine.checkpoint import unwrap
+from wsss.engine.trainer import Phase, Schedule, TrainContext, make_context, run_phases, setup_runtime
+from wsss.models.deeplab import build_deeplab, seg_param_groups, segmentation_loss
+
+
+def seg_schedule(cfg: Config) -> Schedule:
+    s = cfg.seg
+    return Schedule(iterations=s.iterations, max_steps=cfg.train.max_steps, batch_size=s.batch_size, workers=s.workers,
+                    lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, poly_power=s.poly_power,
+                    log_interval=s.log_interval, ckpt_interval=s.ckpt_interval, val_interval=s.val_interval)
+
+
+def seg_loss(net: nn.Module, batch: dict, ctx: TrainContext) -> dict:
+    loss = segmentation_loss(net(batch["img"]), batch["mask"])
+    return {"loss": loss, "ce": loss}
+
+
+def seg_phase(cfg: Config) -> Phase:
+    s = cfg.seg
+
+    def dataset(ctx: TrainContext) -> SegmentationDataset:
+        ids = VOCLayout(cfg.data.root).read_split(s.train_split)
+        return SegmentationDataset(cfg.data.root, ids, s.mask_dir, TrainTransform(s.aug), cfg.data.num_classes,
+                                   split_name=s.train_split)
+
+    def validate(model: nn.Module, ctx: TrainContext) -> dict:
+        from wsss.seg.evaluate import evaluate_split
+
+        if not ctx.is_main:
+            return {}
+        r = evaluate_split(cfg, unwrap(model), ctx.device, s.val_split, scales=[1.0], flip=False, crf=False,
+                           save_dir=None, progress=False)
+        return {"miou": r["miou"]}
+
+    return Phase(name="deeplab", schedule=seg_schedule(cfg), build_dataset=dataset, compute_loss=seg_loss,
+                 param_groups=lambda m: seg_param_groups(unwrap(m), s.head_lr_mult, s.head_bias_lr_mult),
+                 validate=validate if s.val_interval > 0 else None)
+
+
+def train_seg(cfg: Config, resume: bool = True) -> Path:
+    device = setup_runtime(cfg)
+    ensure_synthetic(cfg)
+    out = Path(cfg.seg.out_dir)
+    ctx = make_context(cfg, device, out / "checkpoints", tb_subdir="tb_seg")
+    if ctx.is_main:
+        save_config(cfg)
+    model = build_deeplab(cfg.seg, cfg.data.num_classes + 1)
+    ctx.log(f"training {cfg.seg.arch} ({cfg.seg.backbone}) on masks in {cfg.seg.mask_dir}")
+    try:
+        return run_phases(model, [seg_phase(cfg)], ctx, resume=resume, final_path=Path(cfg.seg.checkpoint),
+                          final_meta={"arch": cfg.seg.arch, "num_classes": cfg.data.num_classes + 1})
+    finally:
+        if ctx.writer is not None:
+            ctx.writer.close()
+
