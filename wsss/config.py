@@ -501,6 +501,23 @@ def finalize(cfg: Config) -> None:
     from wsss.registry import run_finalizers
 
     run_finalizers(cfg)
+    check_outputs_inside_work_dir(cfg)
+
+
+OUTPUT_KEYS = ["cam.out_dir", "pseudo.out_dir", "seg.out_dir", "seg.checkpoint"]
+
+
+def check_outputs_inside_work_dir(cfg: Config) -> None:
+    """Every path a stage writes to lies under work_dir: no write escapes the experiment."""
+    work = Path(cfg.work_dir).resolve()
+    for key in OUTPUT_KEYS:
+        section, name = key.split(".")
+        obj = getattr(cfg, section, None)
+        if obj is None:
+            continue
+        value = Path(getattr(obj, name)).resolve()
+        if value != work and work not in value.parents:
+            raise ConfigError(f"{key}: {getattr(obj, name)} is outside work_dir {cfg.work_dir}; outputs are written under work_dir only")
 
 
 # --------------------------------------------------------------------------

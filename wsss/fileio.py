@@ -45,6 +45,19 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             tmp_path.unlink()
 
 
+def remove_stale_temps(directory: str | os.PathLike) -> int:
+    """Delete temporary files a killed process left behind (ours start with '.' and hold '.tmp')."""
+    d = Path(directory)
+    if not d.is_dir():
+        return 0
+    n = 0
+    for p in d.glob(".*.tmp*"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:

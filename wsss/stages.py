@@ -16,11 +16,11 @@ from wsss.reporting import fmt, md_table, per_class_rows, save_metrics
 
 
 def _prepare(cfg: Config):
-    from wsss.data.synthetic import ensure_synthetic
+    from wsss.data.synthetic import ensure_data
     from wsss.engine.trainer import setup_runtime
 
     device = setup_runtime(cfg)
-    ensure_synthetic(cfg)
+    ensure_data(cfg)
     if is_main():
         save_config(cfg)
     return device
@@ -135,6 +135,15 @@ STAGES: dict[str, Callable[[Config], dict]] = {
 }
 
 
+def one_line(msg: str) -> str:
+    """The original message of an error re-raised from a DataLoader worker (which wraps it
+    in a traceback), or the message itself."""
+    if "Original Traceback" in msg:
+        last = [ln for ln in msg.strip().splitlines() if ln.strip()][-1]
+        return last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].endswith("Error") else last
+    return msg.strip().splitlines()[0] if msg.strip() else msg
+
+
 def run_script(fn: Callable[[], object]) -> None:
     """Run a script's main; known failures print one line and exit non-zero."""
     from wsss.engine.checkpoint import CheckpointError
@@ -147,7 +156,7 @@ def run_script(fn: Callable[[], object]) -> None:
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except (DataError, WeightsError, CheckpointError, NonFiniteLossError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

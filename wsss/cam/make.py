@@ -15,6 +15,7 @@ from wsss.data.datasets import InferenceDataset, collate_single
 from wsss.data.labels import ImageLabels
 from wsss.data.voc import VOCLayout
 from wsss.engine.distributed import get_rank, get_world_size
+from wsss.fileio import remove_stale_temps
 
 
 def pending_ids(ids: list[str], out_dir: str | Path, redo: bool = False) -> list[str]:
@@ -62,6 +63,7 @@ def make_cams(cfg: Config, model: torch.nn.Module, device: torch.device, split: 
     if not ids:
         return {**summary, "seconds": 0.0, "images_per_s": 0.0}
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_dir)
     dataset = InferenceDataset(cfg.data.root, ids, labels, scales=c.scales, mean=cfg.train.aug.mean, std=cfg.train.aug.std,
                                resize_mode=c.resize_mode, split_name=split)
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=c.workers, collate_fn=collate_single,

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from wsss.config import Config, save_config
 from wsss.data.datasets import ClassificationDataset
 from wsss.data.labels import ImageLabels
-from wsss.data.synthetic import ensure_synthetic
+from wsss.data.synthetic import ensure_data
 from wsss.data.transforms import TrainTransform
 from wsss.data.voc import VOCLayout
 from wsss.engine.checkpoint import load_checkpoint, unwrap
@@ -113,7 +113,7 @@ def cam_phases(cfg: Config) -> list[Phase]:
 def train_cam(cfg: Config, resume: bool = True) -> Path:
     """Train the configured CAM model through all its phases; returns checkpoints/final.pth."""
     device = setup_runtime(cfg)
-    ensure_synthetic(cfg)
+    ensure_data(cfg)
     ctx = make_context(cfg, device, Path(cfg.work_dir) / "checkpoints")
     if ctx.is_main:
         save_config(cfg)

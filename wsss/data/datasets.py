@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from wsss.data.labels import ImageLabels
@@ -37,6 +38,26 @@ def load_image_and_mask(layout: VOCLayout, image_id: str, mask_dir: str | None, 
     return img, mask
 
 
+def _image_size(path) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding the pixels."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
+
+
+def check_masks(layout: VOCLayout, ids: list[str], mask_dir: str, split_name: str = "") -> None:
+    """Before training starts: every id has a mask, of its image's size (headers only)."""
+    for image_id in ids:
+        p = layout.mask(image_id, mask_dir)
+        if not p.is_file():
+            raise DataError(f"{p}: mask file not found (id {image_id!r} of split {split_name or '?'})")
+        ms, im = _image_size(p), _image_size(layout.image(image_id))
+        if ms != im:
+            raise DataError(f"{p}: mask size {ms[0]}x{ms[1]} differs from image {layout.image(image_id)} size {im[0]}x{im[1]}")
+
+
 class _TrainBase(Dataset):
     def __init__(self, root, ids: list[str], transform: TrainTransform, num_classes: int,
                  labels: ImageLabels | None = None, mask_dir: str | None = None, split_name: str = ""):
@@ -52,10 +73,7 @@ class _TrainBase(Dataset):
         if labels is not None:
             labels.check_ids(self.ids, split_name)
         if mask_dir is not None:
-            for image_id in self.ids:
-                p = self.layout.mask(image_id, mask_dir)
-                if not p.is_file():
-                    raise DataError(f"{p}: mask file not found (id {image_id!r} of split {split_name or '?'})")
+            check_masks(self.layout, self.ids, mask_dir, split_name)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -82,6 +82,10 @@ class ImageLabels:
     @classmethod
     def load(cls, path: str | os.PathLike, num_classes: int | None = None) -> "ImageLabels":
         path = Path(path)
+        if path.suffix.lower() != ".json":
+            # IRN-style cls_labels.npy holds a pickled dict: we never unpickle
+            raise DataError(f"{path}: refused: label files are JSON (a {path.suffix} label file would need unpickling); "
+                            "build one with scripts/prepare_voc.py")
         data = read_json(path)
         if not isinstance(data, dict) or data.get("format") != LABEL_FORMAT:
             raise DataError(f"{path}: not a label file (expected format {LABEL_FORMAT!r}; run scripts/prepare_voc.py)")

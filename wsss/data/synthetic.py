@@ -372,6 +372,15 @@ def generate_synthetic_voc(root: str | os.PathLike, seed: int = 0, image_size: i
     return summary
 
 
+def ensure_data(cfg) -> None:
+    """Generate the synthetic mini-VOC when a synthetic config needs it; fail early when data.root is missing."""
+    ensure_synthetic(cfg)
+    if not Path(cfg.data.root).is_dir():
+        from wsss.fileio import DataError
+
+        raise DataError(f"{cfg.data.root}: data root does not exist (data.root)")
+
+
 def ensure_synthetic(cfg) -> bool:
     """Generate the configured synthetic mini-VOC when its data.root does not exist yet.
 

@@ -32,7 +32,7 @@ from wsss.engine.checkpoint import load_checkpoint, model_state, rng_state, save
 from wsss.engine.distributed import get_rank, get_world_size, init_distributed, is_distributed, select_device
 from wsss.engine.optim import build_poly, build_sgd
 from wsss.engine.sampler import ResumableSampler
-from wsss.fileio import atomic_write_json
+from wsss.fileio import atomic_write_json, remove_stale_temps
 
 
 class NonFiniteLossError(RuntimeError):
@@ -211,6 +211,8 @@ def run_phases(model: nn.Module, phases: list[Phase], ctx: TrainContext, resume:
     if ctx.cfg.runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     last_path = ctx.ckpt_dir / "last.pth"
+    if ctx.is_main:
+        remove_stale_temps(ctx.ckpt_dir)
     names = [p.name for p in phases]
     if len(set(names)) != len(names):
         raise ValueError(f"phase names must be unique: {names}")

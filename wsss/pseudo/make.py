@@ -16,7 +16,7 @@ import numpy as np
 from wsss.cam.files import cam_path, load_cam
 from wsss.config import Config
 from wsss.data.voc import VOCLayout
-from wsss.fileio import read_image, read_mask, write_palette_png
+from wsss.fileio import DataError, read_image, read_mask, remove_stale_temps, write_palette_png
 from wsss.metrics import confusion_matrix, scores
 from wsss.parallel import chunks, imap_unordered
 from wsss.pseudo.crf import CRFParams, crf_labels
@@ -66,10 +66,9 @@ def make_pseudo_masks(cfg: Config, split: str | None = None, cam_dir: str | Path
     todo = list(all_ids) if redo else [i for i in all_ids if not (out_dir / f"{i}.png").is_file()]
     missing = [i for i in todo if not cam_path(cam_dir, i).is_file()]
     if missing:
-        from wsss.fileio import DataError
-
         raise DataError(f"{cam_path(cam_dir, missing[0])}: CAM file not found ({len(missing)} of split {split} missing; run make_cam first)")
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_dir)
     crf = CRFParams.from_pseudo(p) if p.crf else None
     fn = partial(_make_one, root=cfg.data.root, cam_dir=str(cam_dir), out_dir=str(out_dir),
                  p={"fg_thres": p.fg_thres, "bg_thres": p.bg_thres, "shared_pairwise": p.shared_pairwise}, crf=crf)
@@ -99,8 +98,6 @@ def _conf_chunk(ids: list[str], root: str, gt_dir: str, mask_dir: str, n: int) -
         gt = read_mask(layout.mask(image_id, gt_dir), n - 1)
         pred = read_mask(Path(mask_dir) / f"{image_id}.png", n - 1)
         if pred.shape != gt.shape:
-            from wsss.fileio import DataError
-
             raise DataError(f"{Path(mask_dir) / f'{image_id}.png'}: size {pred.shape} differs from GT {gt.shape}")
         conf_bg += confusion_matrix(gt, pred, n)
         conf_confident += confusion_matrix(gt, pred, n, ignore_pred_255=True)

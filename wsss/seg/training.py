@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from wsss.config import Config, save_config
 from wsss.data.datasets import SegmentationDataset
-from wsss.data.synthetic import ensure_synthetic
+from wsss.data.synthetic import ensure_data
 from wsss.data.transforms import TrainTransform
 from wsss.data.voc import VOCLayout
 from wsss.engine.checkpoint import unwrap
@@ -51,7 +51,7 @@ def seg_phase(cfg: Config) -> Phase:
 
 def train_seg(cfg: Config, resume: bool = True) -> Path:
     device = setup_runtime(cfg)
-    ensure_synthetic(cfg)
+    ensure_data(cfg)
     out = Path(cfg.seg.out_dir)
     ctx = make_context(cfg, device, out / "checkpoints", tb_subdir="tb_seg")
     if ctx.is_main:
