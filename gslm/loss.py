@@ -27,18 +27,19 @@ def downsample_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def seed_reactivation_loss(cam: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, beta: float = 6.0) -> torch.Tensor:
     """``cam``: raw classifier output [B, K, h, w]; ``mask``: pseudo mask [B, H, W] (0 bg,
-    c+1 class c, 255 ignore); ``labels``: multi-hot [B, K]. Returns a scalar."""
+    c+1 class c, 255 ignore); ``labels``: multi-hot [B, K]. Returns a scalar.
+
+    Vectorised over images and classes (no host synchronisation); equal to the
+    per-image, per-class loop of the definition above.
+    """
     b, k, h, w = cam.shape
     cam = F.relu(cam.float())
     norm = cam / (F.adaptive_max_pool2d(cam, (1, 1)) + 1e-5)
     target_mask = downsample_mask(mask, (h, w))
-    total = cam.new_zeros(())
-    for i in range(b):
-        valid = target_mask[i] != 255
-        if not valid.any():
-            continue
-        for c in torch.nonzero(labels[i] > 0).flatten().tolist():
-            pred = beta * norm[i, c][valid]
-            target = beta * (target_mask[i][valid] == c + 1).float()
-            total = total + F.smooth_l1_loss(pred, target)
-    return total
+    valid = (target_mask != 255).float()  # [B, h, w]
+    classes = torch.arange(1, k + 1, device=cam.device).view(1, k, 1, 1)
+    target = (target_mask[:, None] == classes).float()  # [B, K, h, w]
+    per_pixel = F.smooth_l1_loss(beta * norm, beta * target, reduction="none") * valid[:, None]
+    n_valid = valid.sum(dim=(1, 2)).clamp(min=1.0)  # an all-ignore image sums to 0 anyway
+    per_class = per_pixel.sum(dim=(2, 3)) / n_valid[:, None]  # mean over the valid pixels
+    return (per_class * (labels > 0).float()).sum()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Write the synthetic mini-VOC (exact VOC 2012 layout) and print its summary.
 
-    python scripts/make_synthetic.py --root data/synthetic_voc/VOC2012 [--num-train 100 --num-aug 300 ...]
+    python scripts/make_synthetic.py --root data/synthetic_voc/VOC2012 [--num-train 100 --num-aug 700 ...]
     python scripts/make_synthetic.py --config configs/demo/demo_synthetic.yaml   # the sizes a config names
 """
 import argparse
@@ -19,7 +19,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--num-train", type=int, default=100, help="images with SegmentationClass GT (VOC's 'train')")
-    p.add_argument("--num-aug", type=int, default=300, help="extra training images (only in train_aug)")
+    p.add_argument("--num-aug", type=int, default=700, help="extra training images (only in train_aug)")
     p.add_argument("--num-val", type=int, default=100)
     p.add_argument("--num-test", type=int, default=20)
     p.add_argument("--num-classes", type=int, default=5)

@@ -83,3 +83,31 @@ def test_gslm_run_glm_and_rounds(tiny_root, tmp_path):
     # a rerun has nothing left to do
     again = run_script("train_cam.py", *args)
     assert "[slm_round2] finished earlier" in again.stdout and "CAMs and pseudo masks" not in again.stdout
+
+
+def test_vectorised_loss_equals_the_per_image_per_class_loop():
+    """The definition written as loops (METHODS.md section 5) vs the vectorised loss."""
+    import torch.nn.functional as F
+
+    def loop(cam, mask, labels, beta):
+        b, k, h, w = cam.shape
+        cam = F.relu(cam)
+        norm = cam / (F.adaptive_max_pool2d(cam, (1, 1)) + 1e-5)
+        small = downsample_mask(mask, (h, w))
+        total = torch.zeros(())
+        for i in range(b):
+            valid = small[i] != 255
+            if not valid.any():
+                continue
+            for c in range(k):
+                if labels[i, c] > 0:
+                    total = total + F.smooth_l1_loss(beta * norm[i, c][valid], beta * (small[i][valid] == c + 1).float())
+        return total
+
+    g = torch.Generator().manual_seed(0)
+    cam = torch.randn(5, 4, 6, 7, generator=g)
+    mask = torch.randint(0, 5, (5, 24, 28), generator=g)
+    mask[torch.rand(5, 24, 28, generator=g) < 0.3] = 255
+    mask[3] = 255
+    labels = (torch.rand(5, 4, generator=g) < 0.5).float()
+    assert seed_reactivation_loss(cam, mask, labels).item() == pytest.approx(loop(cam, mask, labels, 6.0).item(), rel=1e-5)

@@ -59,7 +59,7 @@ class SyntheticConfig:
     seed: int = 0
     image_size: int = 128
     num_train: int = 100  # images with SegmentationClass GT ("train", like VOC's 1,464)
-    num_aug: int = 300  # extra images only in train_aug (like SBD)
+    num_aug: int = 700  # extra images only in train_aug (like SBD)
     num_val: int = 100
     num_test: int = 20
     num_classes: int = 5

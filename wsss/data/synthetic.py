@@ -302,7 +302,7 @@ def _write_coco(root: Path, splits: dict[str, list[str]], records: dict[str, lis
 
 
 def generate_synthetic_voc(root: str | os.PathLike, seed: int = 0, image_size: int = 128, num_train: int = 100,
-                           num_aug: int = 300, num_val: int = 100, num_test: int = 20, num_classes: int = 5,
+                           num_aug: int = 700, num_val: int = 100, num_test: int = 20, num_classes: int = 5,
                            classes: list[str] | None = None, write_coco: bool = False, verbose: bool = False) -> dict:
     """Write the synthetic mini-VOC under ``root`` (the VOC2012-style folder); return a summary."""
     from wsss.data.voc import prepare_voc

@@ -1,0 +1,174 @@
+"""Interrupted runs lose nothing: the scripts run as subprocesses and are killed (SIGKILL to
+the whole process group, as a scheduler or Ctrl-C would), then rerun."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import CONFIGS, REPO, tiny_overrides
+from wsss.engine.checkpoint import load_checkpoint
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "2"}
+
+
+def _cmd(script: str, config: str, root: Path, work: Path, **extra) -> list[str]:
+    return [sys.executable, str(REPO / "scripts" / script), "--config", str(CONFIGS / config), *tiny_overrides(root, work, **extra)]
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc
+
+
+def _kill_when(cmd: list[str], ready, timeout: float = 300) -> None:
+    """Start ``cmd``, SIGKILL its process group as soon as ``ready()`` is true."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=REPO, start_new_session=True)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError("the run finished before it could be killed")
+            if ready():
+                break
+            time.sleep(0.02)
+        else:
+            raise AssertionError("condition never met")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    time.sleep(0.2)  # let the killed group's file handles close
+
+
+def _finished(d: Path, ext: str) -> list[Path]:
+    """Finished outputs (temporary files are hidden: '.name.tmp...')."""
+    return [p for p in d.glob(f"*.{ext}") if not p.name.startswith(".")] if d.is_dir() else []
+
+
+def _no_temp_files(*dirs: Path) -> None:
+    for d in dirs:
+        assert not list(d.rglob(".*.tmp*")), list(d.rglob(".*.tmp*"))
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_checkpoint_write_killed_never_corrupts_previous(tmp_path):
+    """Kill a process that keeps rewriting a large checkpoint at random moments: the file
+    always loads and holds one complete version."""
+    target = tmp_path / "ckpt.pth"
+    code = (
+        "import sys, torch\n"
+        "from wsss.engine.checkpoint import save_checkpoint\n"
+        "i = 0\n"
+        "while True:\n"
+        "    save_checkpoint(sys.argv[1], {'step': i, 'w': torch.full((4_000_000,), float(i))})\n"
+        "    i += 1\n"
+    )
+    rng = random.Random(0)
+    for _ in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", code, str(target)], env=ENV, start_new_session=True)
+        while not target.exists():
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.05, 0.6))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        state = load_checkpoint(target)
+        assert torch.all(state["w"] == float(state["step"]))
+    # the next run clears what the killed writer left half-written
+    from wsss.fileio import remove_stale_temps
+
+    remove_stale_temps(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
+
+
+@pytest.mark.slow
+def test_make_cam_and_make_pseudo_killed_midway(tiny_root, tmp_path):
+    extra = {"train.max_steps": 2, "cam.scales": [1.0, 0.5, 1.5, 2.0], "cam.images_per_batch": 1, "pseudo.workers": 2,
+             "pseudo.eval_split": ""}
+    ref, work = tmp_path / "ref", tmp_path / "killed"
+    _run(_cmd("train_cam.py", "cam/cam_r18_synthetic.yaml", tiny_root, ref, **extra))
+    work.mkdir()
+    (work / "checkpoints").mkdir()
+    (work / "checkpoints" / "final.pth").write_bytes((ref / "checkpoints" / "final.pth").read_bytes())
+    _run(_cmd("make_cam.py", "cam/cam_r18_synthetic.yaml", tiny_root, ref, **extra))
+    _run(_cmd("make_pseudo.py", "cam/cam_r18_synthetic.yaml", tiny_root, ref, **extra))
+
+    # make_cam, killed after a few files
+    cams = work / "cams"
+    _kill_when(_cmd("make_cam.py", "cam/cam_r18_synthetic.yaml", tiny_root, work, **extra),
+               lambda: len(_finished(cams, "npz")) >= 3)
+    before = {p.name: p.stat().st_mtime_ns for p in _finished(cams, "npz")}
+    assert 3 <= len(before) < 24
+    out = _run(_cmd("make_cam.py", "cam/cam_r18_synthetic.yaml", tiny_root, work, **extra))
+    assert f"({24 - len(before)} computed on rank 0" in out.stdout
+    assert all(cams.joinpath(n).stat().st_mtime_ns == t for n, t in before.items())  # not recomputed
+    _no_temp_files(cams)
+    for p in _finished(ref / "cams", "npz"):
+        a, b = np.load(p), np.load(cams / p.name)
+        assert np.array_equal(a["keys"], b["keys"]) and np.array_equal(a["high_res"], b["high_res"])
+
+    # make_pseudo (a pool of 2 CRF workers), killed after a few masks
+    pseudo = work / "pseudo"
+    _kill_when(_cmd("make_pseudo.py", "cam/cam_r18_synthetic.yaml", tiny_root, work, **extra),
+               lambda: len(_finished(pseudo, "png")) >= 2)
+    before = {p.name: p.stat().st_mtime_ns for p in _finished(pseudo, "png")}
+    assert 2 <= len(before) < 24
+    out = _run(_cmd("make_pseudo.py", "cam/cam_r18_synthetic.yaml", tiny_root, work, **extra))
+    assert f"({24 - len(before)} computed" in out.stdout
+    assert all(pseudo.joinpath(n).stat().st_mtime_ns == t for n, t in before.items())
+    _no_temp_files(pseudo)
+    for p in _finished(ref / "pseudo", "png"):
+        assert (pseudo / p.name).read_bytes() == p.read_bytes()
+
+
+PPL_STAGES = "[{split_after: 1, grid: 2, epochs: 2}, {split_after: 2, grid: 2, epochs: 2}, {split_after: 3, grid: 2, epochs: 2}]"
+
+
+@pytest.mark.slow
+def test_ppl_killed_between_stages_resumes_at_the_right_stage(tiny_root, tmp_path):
+    extra = {"runtime.deterministic": True}
+    ref, work = tmp_path / "ref", tmp_path / "killed"
+
+    def cmd(w):
+        return _cmd("train_cam.py", "ppl/ppl_progressive_r18_synthetic.yaml", tiny_root, w, **extra) + [f"ppl.stages={PPL_STAGES}"]
+
+    _run(cmd(ref))
+    _kill_when(cmd(work), lambda: (work / "checkpoints" / "stage1.pth").is_file())
+    assert not (work / "checkpoints" / "stage3.pth").exists()
+    out = _run(cmd(work))
+    assert "[stage1] finished earlier" in out.stdout
+    assert "[stage3] done" in out.stdout
+    _same_weights(ref / "checkpoints" / "final.pth", work / "checkpoints" / "final.pth")
+
+
+@pytest.mark.slow
+def test_gslm_killed_between_rounds_resumes_at_the_right_round(tiny_root, tmp_path):
+    extra = {"runtime.deterministic": True, "gslm.rounds": 2, "gslm.epochs": 1, "gslm.lr": 0.01}
+    ref, work = tmp_path / "ref", tmp_path / "killed"
+    _run(_cmd("train_cam.py", "gslm/gslm_r18_synthetic.yaml", tiny_root, ref, **extra))
+    _kill_when(_cmd("train_cam.py", "gslm/gslm_r18_synthetic.yaml", tiny_root, work, **extra),
+               lambda: (work / "checkpoints" / "slm_round1.pth").is_file())
+    assert not (work / "checkpoints" / "final.pth").exists()
+    out = _run(_cmd("train_cam.py", "gslm/gslm_r18_synthetic.yaml", tiny_root, work, **extra))
+    assert "[cam] finished earlier" in out.stdout and "[slm_round1] finished earlier" in out.stdout
+    assert "[slm_round2] done" in out.stdout
+    _same_weights(ref / "checkpoints" / "final.pth", work / "checkpoints" / "final.pth")
+    for r in range(3):
+        for p in (ref / "gslm" / f"round{r}" / "pseudo").glob("*.png"):
+            assert (work / "gslm" / f"round{r}" / "pseudo" / p.name).read_bytes() == p.read_bytes()
+    _no_temp_files(work)
