@@ -307,6 +307,7 @@ def train_phase(model: nn.Module, phase: Phase, ctx: TrainContext, state: dict |
     step0 = step
     last_good = str(last_path) if last_path.is_file() else "none yet"
     summary: dict = {}
+    step_times: list[float] | None = [] if ctx.state.get("record_step_times") else None  # the benchmark's
 
     def save_last() -> None:
         nonlocal last_good
@@ -336,6 +337,10 @@ def train_phase(model: nn.Module, phase: Phase, ctx: TrainContext, state: dict |
             scheduler.step()
             watch.update(terms, step)
             step += 1
+            if step_times is not None:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                step_times.append(time.perf_counter())
             imgs_window += per_rank_batch * ctx.world_size
             if progress is not None:
                 progress.update(1)
@@ -382,9 +387,12 @@ def train_phase(model: nn.Module, phase: Phase, ctx: TrainContext, state: dict |
     seconds = time.perf_counter() - t_start
     summary.update({"phase": phase.name, "steps": total, "steps_this_run": step - step0, "seconds_this_run": round(seconds, 2),
                     "images_per_s_this_run": (step - step0) * sched.batch_size / max(seconds, 1e-9)})
+    if step_times is not None:
+        summary["step_end_times"] = step_times
     ctx.log(f"[{phase.name}] done: {total} steps, {summary['images_per_s_this_run']:.1f} images/s, {seconds:.1f} s")
     if ctx.is_main:
-        atomic_write_json(ctx.metrics_dir / f"train_{phase.name}.json", {**summary, "config": to_dict(cfg)})
+        saved = {k: v for k, v in summary.items() if k != "step_end_times"}
+        atomic_write_json(ctx.metrics_dir / f"train_{phase.name}.json", {**saved, "config": to_dict(cfg)})
     return summary
 
 
