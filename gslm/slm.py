@@ -96,8 +96,9 @@ def ensure_round_outputs(model: torch.nn.Module, ctx: TrainContext, r: int) -> N
         ctx.log(f"[gslm] {round_name(r)}: CAMs and pseudo masks -> {d}")
         make_cams(cfg, bare, ctx.device, split=cfg.cam.split, out_dir=d / "cams")
         barrier()
+        make_pseudo_masks(cfg, split=cfg.cam.split, cam_dir=d / "cams", out_dir=d / "pseudo")
+        barrier()
         if ctx.is_main:
-            make_pseudo_masks(cfg, split=cfg.cam.split, cam_dir=d / "cams", out_dir=d / "pseudo")
             (d / "pseudo.done").write_text("ok\n")
         barrier()
     if cfg.gslm.evaluate and ctx.is_main and not metrics_file.is_file():

@@ -187,6 +187,9 @@ CASES = [
          extra={"cam.split": "train"}),
     Case("data_root_missing", "make_cam.py", r"error: .*does_not_exist: data root does not exist", missing_root,
          extra={"cam.split": "train"}),
+    Case("nonfinite_loss", "train_cam.py",
+         r"error: non-finite loss term 'cls' at step 0; training stopped; last good checkpoint: none yet",
+         extra={"train.aug.std": [0.0, 0.0, 0.0], "train.max_steps": 4}, must_not_exist=["checkpoints/final.pth"]),
     Case("output_outside_work_dir", "make_cam.py", r"config error: cam\.out_dir: .*elsewhere is outside work_dir", output_outside_work_dir,
          exit_code=2),
 ]
@@ -199,6 +202,9 @@ def _prepare(case: Case, tiny_root: Path, finished: Path, tmp_path: Path) -> tup
     shutil.copytree(finished, work)
     for f in (work / "metrics").glob("*"):
         f.unlink()
+    for name in ("final.pth", "cam.pth"):  # a training case starts from scratch
+        if case.script == "train_cam.py":
+            (work / "checkpoints" / name).unlink(missing_ok=True)
     return root, work
 
 

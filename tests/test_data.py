@@ -251,3 +251,10 @@ def test_label_file_checks(tmp_path):
         ImageLabels.load(p, 20)
     assert ImageLabels.load(p).multi_hot("x").tolist() == [0.0, 1.0]
 
+
+
+def test_mask_dir_resolution(tmp_path):
+    L = VOCLayout(tmp_path / "VOC2012")
+    assert L.mask("a", "SegmentationClassAug") == tmp_path / "VOC2012" / "SegmentationClassAug" / "a.png"
+    assert L.mask("a", "work_dirs/x/pseudo") == Path("work_dirs/x/pseudo/a.png")  # a path: as given
+    assert L.mask("a", str(tmp_path / "m")) == tmp_path / "m" / "a.png"

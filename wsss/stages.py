@@ -67,15 +67,14 @@ def make_pseudo(cfg: Config) -> dict:
     from wsss.pseudo.make import make_pseudo_masks
 
     _prepare(cfg)
-    if not is_main():  # the CRF is CPU work: rank 0's worker pool does it
-        barrier()
+    summary = make_pseudo_masks(cfg)  # each rank's worker pool takes its share of the ids
+    barrier()
+    if not is_main():
         return {}
-    summary = make_pseudo_masks(cfg)
     print(f"pseudo masks of {summary['images']} images in {summary['out_dir']} "
           f"({summary['computed']} computed, {summary['images_per_s']:.2f} images/s with {summary['workers']} workers)")
-    save_metrics(cfg, "make_pseudo", summary, md_table(["split", "images", "computed", "images/s", "workers"],
+    save_metrics(cfg, "make_pseudo", summary, md_table(["split", "images (rank 0)", "computed", "images/s", "workers"],
                  [[summary["split"], summary["images"], summary["computed"], f"{summary['images_per_s']:.2f}", summary["workers"]]]))
-    barrier()
     return summary
 
 

@@ -49,8 +49,11 @@ class VOCLayout:
         return self.annotation_dir / f"{image_id}.xml"
 
     def mask(self, image_id: str, mask_dir: str = "SegmentationClass") -> Path:
+        """``mask_dir``: a bare folder name lies under the root (``SegmentationClassAug``);
+        a path (absolute, or relative with a separator: ``work_dirs/x/pseudo``) is used as is."""
         d = Path(mask_dir)
-        d = d if d.is_absolute() else self.root / d
+        if not d.is_absolute() and len(d.parts) == 1:
+            d = self.root / d
         return d / f"{image_id}.png"
 
     def split_file(self, split: str) -> Path:

@@ -38,7 +38,8 @@ def init_distributed(device: torch.device) -> bool:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    # long CPU stages (the CRF over COCO) can keep ranks at a barrier for a while
+    dist.init_process_group(backend=backend, timeout=timedelta(hours=4))
     return True
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from wsss.cam.files import cam_path, load_cam
 from wsss.config import Config
 from wsss.data.voc import VOCLayout
+from wsss.engine.distributed import get_rank, get_world_size
 from wsss.fileio import DataError, read_image, read_mask, remove_stale_temps, write_palette_png
 from wsss.metrics import confusion_matrix, scores
 from wsss.parallel import chunks, imap_unordered
@@ -63,6 +64,7 @@ def make_pseudo_masks(cfg: Config, split: str | None = None, cam_dir: str | Path
     redo = p.redo if redo is None else redo
     workers = p.workers if workers is None else workers
     all_ids = ids if ids is not None else VOCLayout(cfg.data.root).read_split(split)
+    all_ids = all_ids[get_rank()::get_world_size()]  # under torchrun each rank's pool takes its share
     todo = list(all_ids) if redo else [i for i in all_ids if not (out_dir / f"{i}.png").is_file()]
     missing = [i for i in todo if not cam_path(cam_dir, i).is_file()]
     if missing:
@@ -74,7 +76,7 @@ def make_pseudo_masks(cfg: Config, split: str | None = None, cam_dir: str | Path
                  p={"fg_thres": p.fg_thres, "bg_thres": p.bg_thres, "shared_pairwise": p.shared_pairwise}, crf=crf)
     t0 = time.perf_counter()
     bar = None
-    if (cfg.runtime.progress if progress is None else progress) and todo:
+    if (cfg.runtime.progress if progress is None else progress) and todo and get_rank() == 0:
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), desc="make_pseudo", dynamic_ncols=True)

@@ -24,7 +24,9 @@ class SegConfig:
     aspp_rates: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
     # training
     train_split: str = "train_aug"
-    mask_dir: str = ""  # default: pseudo.out_dir (the experiment's pseudo masks); or any mask folder
+    # default: pseudo.out_dir (the experiment's pseudo masks); or any mask folder: a bare
+    # name lies under data.root (SegmentationClassAug), a path is used as is
+    mask_dir: str = ""
     iterations: int = 20000
     batch_size: int = 10
     lr: float = 2.5e-4
