@@ -21,7 +21,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="data loader workers (train, make_cam)")
     p.add_argument("--steps", type=int, default=12, help="timed training steps, after --warmup")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--images", type=int, default=48, help="images for make_cam / make_pseudo / eval_cam (and 2x for memory growth)")
+    p.add_argument("--images", type=int, default=96, help="images for make_cam / make_pseudo / eval_cam (and 2x for memory growth)")
     p.add_argument("--methods", default="cam_net,ppl_progressive,ppl_explicit,gslm_slm")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--data-root", default="data/benchmark_voc/VOC2012", help="generated on first use")

@@ -217,10 +217,6 @@ def register_section(name: str, schema: type) -> type:
     return schema
 
 
-def registered_sections() -> dict[str, type]:
-    return dict(_SECTIONS)
-
-
 # --------------------------------------------------------------------------
 # Loading YAML with provenance
 # --------------------------------------------------------------------------

@@ -285,15 +285,13 @@ def train_phase(model: nn.Module, phase: Phase, ctx: TrainContext, state: dict |
         set_rng_state(state["rng"])
         ctx.log(f"[{phase.name}] resumed from {last_path} at step {step}/{total}")
 
-    net: nn.Module = bare
-    if cfg.runtime.compile:
-        net = torch.compile(net)
+    if is_distributed() and cfg.runtime.sync_bn and device.type == "cuda":
+        # trainable BN (frozen BN never changes) then sees the global batch
+        nn.SyncBatchNorm.convert_sync_batchnorm(bare)
+    net: nn.Module = torch.compile(bare) if cfg.runtime.compile else bare
     if is_distributed():
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        if cfg.runtime.sync_bn and device.type == "cuda":
-            # trainable BN (frozen BN never changes) then sees the global batch
-            nn.SyncBatchNorm.convert_sync_batchnorm(bare)
         net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
 
     watch = _FiniteWatch(device)
