@@ -22,16 +22,13 @@ from pathlib import Path
 
 import torch
 
+from wsss.compare import DEFAULT_METHODS
 from wsss.config import Config, load_config
 from wsss.reporting import md_table
 
 REPO = Path(__file__).resolve().parents[1]
-METHOD_CONFIGS = {
-    "cam_net": "configs/cam/cam_r18_synthetic.yaml",
-    "ppl_progressive": "configs/ppl/ppl_progressive_r18_synthetic.yaml",
-    "ppl_explicit": "configs/ppl/ppl_explicit_r18_synthetic.yaml",
-    "gslm_slm": "configs/gslm/gslm_r18_synthetic.yaml",
-}
+# the synthetic configs of compare_methods, under the benchmark's names
+METHOD_CONFIGS = dict(zip(["cam_net", "ppl_progressive", "ppl_explicit", "gslm_slm"], DEFAULT_METHODS.values()))
 
 
 def bench_config(method: str, args, work: Path, extra: list[str] | None = None) -> Config:
