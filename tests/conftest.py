@@ -55,11 +55,11 @@ def tiny_overrides(root: Path, work_dir: Path, **extra) -> list[str]:
 
 @pytest.fixture
 def tiny_cfg(tiny_root, tmp_path):
-    """A loader: tiny_cfg('cam/cam_r18_synthetic.yaml', key=value, ...) -> Config."""
+    """A loader: tiny_cfg('cam/cam_r18_synthetic.yaml', work_dir=..., key=value, ...) -> Config."""
     from wsss.config import load_config
 
-    def make(config: str = "cam/cam_r18_synthetic.yaml", **extra):
-        return load_config(CONFIGS / config, tiny_overrides(tiny_root, tmp_path / "work", **extra))
+    def make(config: str = "cam/cam_r18_synthetic.yaml", work_dir: Path | None = None, **extra):
+        return load_config(CONFIGS / config, tiny_overrides(tiny_root, work_dir or tmp_path / "work", **extra))
 
     return make
 
