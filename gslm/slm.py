@@ -33,7 +33,7 @@ from wsss.engine.trainer import Phase, Schedule, TrainContext
 from wsss.fileio import read_json
 from wsss.models.cam_net import multilabel_soft_margin
 from wsss.pseudo.make import evaluate_masks, make_pseudo_masks
-from wsss.registry import register_extra_phases
+from wsss.registry import register_cam_source, register_extra_phases
 from wsss.reporting import fmt, md_table, save_metrics
 
 
@@ -171,3 +171,10 @@ def slm_phases(cfg) -> list[Phase]:
 
 
 register_extra_phases(slm_phases)
+
+
+@register_cam_source
+def last_round_cams(cfg) -> list[Path]:
+    """The last round's CAMs were made from the final weights: make_cam links them when
+    their made_by.json matches (same weights and inference settings)."""
+    return [round_dir(cfg, cfg.gslm.rounds) / "cams"] if cfg.gslm.rounds > 0 else []

@@ -83,6 +83,10 @@ def test_gslm_run_glm_and_rounds(tiny_root, tmp_path):
     # a rerun has nothing left to do
     again = run_script("train_cam.py", *args)
     assert "[slm_round2] finished earlier" in again.stdout and "CAMs and pseudo masks" not in again.stdout
+    # make_cam links the last round's CAMs (same weights and settings) instead of recomputing them
+    made = run_script("make_cam.py", *args)
+    assert "(0 computed on rank 0, 24 linked from the training run's own CAMs" in made.stdout
+    assert all((work / "cams" / p.name).samefile(p) for p in (work / "gslm" / "round2" / "cams").glob("*.npz"))
 
 
 def test_vectorised_loss_equals_the_per_image_per_class_loop():

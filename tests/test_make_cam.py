@@ -80,6 +80,32 @@ def test_batching_images_is_exact_and_rerun_skips(trained_model, tmp_path):
     assert not list((tmp_path / "four").glob(".*"))  # no temp files left
 
 
+def test_made_by_guards_stale_folders_and_enables_reuse(trained_model, tmp_path):
+    cfg, model = trained_model
+    dev = torch.device("cpu")
+    make_cams(cfg, model, dev, split="val", out_dir=tmp_path / "a")
+    assert (tmp_path / "a" / "made_by.json").is_file()
+    # same weights and settings: linked, not recomputed
+    b = make_cams(cfg, model, dev, split="val", out_dir=tmp_path / "b", reuse_from=[tmp_path / "nowhere", tmp_path / "a"])
+    assert (b["reused_here"], b["computed_here"], b["skipped_here"]) == (8, 0, 0)
+    for p in (tmp_path / "a").glob("*.npz"):
+        assert (tmp_path / "b" / p.name).samefile(p)
+    # other inference settings: the source does not match, everything is computed
+    cfg.cam.scales = [1.0]
+    c = make_cams(cfg, model, dev, split="val", out_dir=tmp_path / "c", reuse_from=[tmp_path / "a"])
+    assert (c["reused_here"], c["computed_here"]) == (0, 8)
+    # other weights into a finished folder: refused, naming the file and what changed
+    cfg.cam.scales = [1.0, 0.5, 1.5]
+    with torch.no_grad():
+        model.classifier.weight.add_(1.0)
+    with pytest.raises(DataError, match=r"a/made_by\.json: the CAMs there were made with other weights_sha256; set cam\.redo=true"):
+        make_cams(cfg, model, dev, split="val", out_dir=tmp_path / "a")
+    redone = make_cams(cfg, model, dev, split="val", out_dir=tmp_path / "a", redo=True, reuse_from=[tmp_path / "b"])
+    assert (redone["reused_here"], redone["computed_here"]) == (0, 8)
+    again = make_cams(cfg, model, dev, split="val", out_dir=tmp_path / "a")
+    assert again["skipped_here"] == 8
+
+
 def test_cam_file_checks(tmp_path):
     p = tmp_path / "a.npz"
     save_npz(p, keys=np.array([0, 1], np.int16), high_res=np.zeros((3, 4, 4), np.float32))

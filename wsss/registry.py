@@ -15,6 +15,7 @@ _MODELS: dict[str, Callable[..., Any]] = {}
 _PHASE_PLANS: dict[str, Callable[..., list]] = {}
 _EXTRA_PHASES: list[Callable[..., list]] = []
 _FINALIZERS: list[Callable[[Any], None]] = []
+_CAM_SOURCES: list[Callable[[Any], list]] = []
 _PLUGINS_LOADED = False
 
 
@@ -85,6 +86,20 @@ def register_finalizer(fn: Callable[[Any], None]) -> Callable[[Any], None]:
 def run_finalizers(cfg: Any) -> None:
     for fn in _FINALIZERS:
         fn(cfg)
+
+
+def register_cam_source(fn: Callable[[Any], list]) -> Callable[[Any], list]:
+    """``fn(cfg) -> list[Path]``: folders where training may already have written the final
+    model's CAMs (GSLM's last round). make_cam links files from a folder whose
+    ``made_by.json`` matches its own weights and settings instead of recomputing them."""
+    if fn not in _CAM_SOURCES:
+        _CAM_SOURCES.append(fn)
+    return fn
+
+
+def cam_sources(cfg: Any) -> list:
+    import_plugins()
+    return [d for fn in _CAM_SOURCES for d in fn(cfg)]
 
 
 def registered_models() -> list[str]:

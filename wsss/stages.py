@@ -12,6 +12,7 @@ from wsss.config import Config, ConfigError, save_config
 from wsss.data.labels import ImageLabels
 from wsss.engine.distributed import barrier, get_world_size, is_main
 from wsss.fileio import DataError
+from wsss.registry import cam_sources
 from wsss.reporting import fmt, md_table, per_class_rows, save_metrics
 
 
@@ -43,14 +44,16 @@ def make_cam(cfg: Config) -> dict:
         import torch
 
         model.to(memory_format=torch.channels_last)
-    summary = make_cams(cfg, model, device)
+    summary = make_cams(cfg, model, device, reuse_from=cam_sources(cfg))
     barrier()
     if is_main():
         summary["ranks"] = get_world_size()
-        save_metrics(cfg, "make_cam", summary, md_table(["split", "images", "computed (rank 0)", "images/s (rank 0)"],
-                     [[summary["split"], summary["images"], summary["computed_here"], f"{summary['images_per_s']:.2f}"]]))
+        save_metrics(cfg, "make_cam", summary, md_table(
+            ["split", "images", "computed (rank 0)", "reused (rank 0)", "images/s (rank 0)"],
+            [[summary["split"], summary["images"], summary["computed_here"], summary["reused_here"], f"{summary['images_per_s']:.2f}"]]))
+        reused = f", {summary['reused_here']} linked from the training run's own CAMs" if summary["reused_here"] else ""
         print(f"CAMs of {summary['images']} images in {summary['out_dir']} "
-              f"({summary['computed_here']} computed on rank 0, {summary['images_per_s']:.2f} images/s)")
+              f"({summary['computed_here']} computed on rank 0{reused}, {summary['images_per_s']:.2f} images/s)")
     return summary
 
 

@@ -1,6 +1,10 @@
 """make_cam: write one CAM file per image of a split, skipping finished ids, sharded across ranks."""
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -10,12 +14,15 @@ from torch.utils.data import DataLoader
 
 from wsss.cam.files import cam_path, save_cam
 from wsss.cam.inference import multiscale_cam, normalize_cams
-from wsss.config import Config
+from wsss.config import Config, to_dict
 from wsss.data.datasets import InferenceDataset, collate_single
 from wsss.data.labels import ImageLabels
 from wsss.data.voc import VOCLayout
+from wsss.engine.checkpoint import unwrap
 from wsss.engine.distributed import get_rank, get_world_size
-from wsss.fileio import remove_stale_temps
+from wsss.fileio import DataError, atomic_write_json, read_json, remove_stale_temps
+
+MADE_BY = "made_by.json"  # in every CAM folder: the weights and settings its files come from
 
 
 def pending_ids(ids: list[str], out_dir: str | Path, redo: bool = False) -> list[str]:
@@ -46,9 +53,50 @@ class _Batcher:
         return out or None
 
 
+def cam_fingerprint(cfg: Config, model: torch.nn.Module) -> dict:
+    """What a CAM file depends on: a hash of the weights, the model, data and inference settings."""
+    h = hashlib.sha256()
+    for k, v in sorted(unwrap(model).state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    c = cfg.cam
+    fp = {"weights_sha256": h.hexdigest(), "data_root": str(Path(cfg.data.root).resolve()), "model": to_dict(cfg.model),
+          "scales": c.scales, "flip": c.flip, "resize_mode": c.resize_mode, "dtype": c.dtype, "save_strided": c.save_strided,
+          "strided_stride": c.strided_stride, "mean": cfg.train.aug.mean, "std": cfg.train.aug.std, "amp": cfg.runtime.amp}
+    return json.loads(json.dumps(fp))
+
+
+def _made_by(directory: Path) -> dict | None:
+    f = directory / MADE_BY
+    return read_json(f) if f.is_file() else None
+
+
+def link_cams(src: Path, out_dir: Path, ids: list[str]) -> int:
+    """Hard-link (or copy, then rename) ``src/<id>.npz`` into ``out_dir`` for the ids it has."""
+    n = 0
+    for i in ids:
+        a, b = cam_path(src, i), cam_path(out_dir, i)
+        if not a.is_file() or b.exists():
+            continue
+        try:
+            os.link(a, b)
+        except OSError:
+            tmp = b.with_name(f".{b.name}.tmp{os.getpid()}")
+            shutil.copyfile(a, tmp)
+            os.replace(tmp, b)
+        n += 1
+    return n
+
+
 def make_cams(cfg: Config, model: torch.nn.Module, device: torch.device, split: str | None = None,
-              out_dir: str | Path | None = None, redo: bool | None = None, progress: bool | None = None) -> dict:
-    """CAM files for this rank's share of ``split``; returns counts and throughput."""
+              out_dir: str | Path | None = None, redo: bool | None = None, progress: bool | None = None,
+              reuse_from: list[Path] | None = None) -> dict:
+    """CAM files for this rank's share of ``split``; returns counts and throughput.
+
+    The folder's ``made_by.json`` records the weights and settings; finished files made by
+    other ones are an error unless ``redo``. Files of a folder in ``reuse_from`` made by the
+    same weights and settings are linked instead of recomputed.
+    """
     c = cfg.cam
     split = split or c.split
     out_dir = Path(out_dir or c.out_dir)
@@ -57,12 +105,25 @@ def make_cams(cfg: Config, model: torch.nn.Module, device: torch.device, split: 
     labels = ImageLabels.load(cfg.data.label_file, cfg.data.num_classes)
     all_ids = layout.read_split(split)
     rank, world = get_rank(), get_world_size()
+    fp = cam_fingerprint(cfg, model)
+    before = _made_by(out_dir)
+    if before is not None and before != fp and not redo:
+        changed = sorted(k for k in set(fp) | set(before) if fp.get(k) != before.get(k))
+        raise DataError(f"{out_dir / MADE_BY}: the CAMs there were made with other {', '.join(changed)}; "
+                        "set cam.redo=true (or another cam.out_dir) to make them again")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0 and before != fp:
+        atomic_write_json(out_dir / MADE_BY, fp)
     ids = pending_ids(all_ids[rank::world], out_dir, redo)
+    reused = 0
+    for src in [] if redo else reuse_from or []:
+        if ids and Path(src).resolve() != out_dir.resolve() and _made_by(Path(src)) == fp:
+            reused += link_cams(Path(src), out_dir, ids)
+            ids = pending_ids(ids, out_dir, False)
     summary = {"split": split, "out_dir": str(out_dir), "images": len(all_ids), "computed_here": len(ids),
-               "skipped_here": len(all_ids[rank::world]) - len(ids)}
+               "reused_here": reused, "skipped_here": len(all_ids[rank::world]) - len(ids) - reused}
     if not ids:
         return {**summary, "seconds": 0.0, "images_per_s": 0.0}
-    out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out_dir)
     dataset = InferenceDataset(cfg.data.root, ids, labels, scales=c.scales, mean=cfg.train.aug.mean, std=cfg.train.aug.std,
                                resize_mode=c.resize_mode, split_name=split)
