@@ -54,13 +54,15 @@ class _Batcher:
 
 
 def cam_fingerprint(cfg: Config, model: torch.nn.Module) -> dict:
-    """What a CAM file depends on: a hash of the weights, the model, data and inference settings."""
+    """What a CAM file depends on: a hash of the weights, the architecture and the inference settings."""
     h = hashlib.sha256()
     for k, v in sorted(unwrap(model).state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     c = cfg.cam
-    fp = {"weights_sha256": h.hexdigest(), "data_root": str(Path(cfg.data.root).resolve()), "model": to_dict(cfg.model),
+    # not the data root or the initial weights' path: moving either must not invalidate finished CAMs
+    model_cfg = {k: v for k, v in to_dict(cfg.model).items() if k != "weights"}
+    fp = {"weights_sha256": h.hexdigest(), "model": model_cfg,
           "scales": c.scales, "flip": c.flip, "resize_mode": c.resize_mode, "dtype": c.dtype, "save_strided": c.save_strided,
           "strided_stride": c.strided_stride, "mean": cfg.train.aug.mean, "std": cfg.train.aug.std, "amp": cfg.runtime.amp}
     return json.loads(json.dumps(fp))
