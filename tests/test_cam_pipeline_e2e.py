@@ -15,6 +15,11 @@ def test_cam_chain_end_to_end(tiny_root, tmp_path):
     assert (work / "checkpoints" / "final.pth").is_file()
     assert (work / "config.yaml").is_file()
     assert list((work / "tb").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(work / "tb")).Reload().Tags()
+    assert {"cam/loss", "cam/images_per_s"} <= set(tb["scalars"]), tb["scalars"]
+    assert any(t.startswith("cam/lr_") for t in tb["scalars"]) and "cam/cam" in tb["images"], tb
     run_script("make_cam.py", *args)
     assert len(list((work / "cams").glob("*.npz"))) == 24  # train_aug
     out = run_script("eval_cam.py", *args)
