@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import CONFIGS, REPO, tiny_overrides
+from wsss.cam.files import load_cam
 from wsss.engine.checkpoint import load_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "2"}
@@ -67,6 +68,21 @@ def _same_weights(a: Path, b: Path) -> None:
         assert torch.equal(wa[k], wb[k]), k
 
 
+def _kill_and_rerun(script: str, out: Path, ext: str, min_done: int, done_phrase: str, root: Path, work: Path,
+                    extra: dict, total: int = 24) -> Path:
+    """Kill ``script`` once ``min_done`` files are finished in ``out``, rerun it: the rest is
+    computed, finished files are not touched, no temporary file remains."""
+    cmd = _cmd(script, "cam/cam_r18_synthetic.yaml", root, work, **extra)
+    _kill_when(cmd, lambda: len(_finished(out, ext)) >= min_done)
+    before = {p.name: p.stat().st_mtime_ns for p in _finished(out, ext)}
+    assert min_done <= len(before) < total
+    rerun = _run(cmd)
+    assert f"({total - len(before)} {done_phrase}" in rerun.stdout
+    assert all(out.joinpath(n).stat().st_mtime_ns == t for n, t in before.items())  # not recomputed
+    _no_temp_files(out)
+    return out
+
+
 def test_checkpoint_write_killed_never_corrupts_previous(tmp_path):
     """Kill a process that keeps rewriting a large checkpoint at random moments: the file
     always loads and holds one complete version."""
@@ -109,29 +125,13 @@ def test_make_cam_and_make_pseudo_killed_midway(tiny_root, tmp_path):
     _run(_cmd("make_pseudo.py", "cam/cam_r18_synthetic.yaml", tiny_root, ref, **extra))
 
     # make_cam, killed after a few files
-    cams = work / "cams"
-    _kill_when(_cmd("make_cam.py", "cam/cam_r18_synthetic.yaml", tiny_root, work, **extra),
-               lambda: len(_finished(cams, "npz")) >= 3)
-    before = {p.name: p.stat().st_mtime_ns for p in _finished(cams, "npz")}
-    assert 3 <= len(before) < 24
-    out = _run(_cmd("make_cam.py", "cam/cam_r18_synthetic.yaml", tiny_root, work, **extra))
-    assert f"({24 - len(before)} computed on rank 0" in out.stdout
-    assert all(cams.joinpath(n).stat().st_mtime_ns == t for n, t in before.items())  # not recomputed
-    _no_temp_files(cams)
+    cams = _kill_and_rerun("make_cam.py", work / "cams", "npz", 3, "computed on rank 0", tiny_root, work, extra)
     for p in _finished(ref / "cams", "npz"):
-        a, b = np.load(p), np.load(cams / p.name)
+        a, b = load_cam(p), load_cam(cams / p.name)
         assert np.array_equal(a["keys"], b["keys"]) and np.array_equal(a["high_res"], b["high_res"])
 
     # make_pseudo (a pool of 2 CRF workers), killed after a few masks
-    pseudo = work / "pseudo"
-    _kill_when(_cmd("make_pseudo.py", "cam/cam_r18_synthetic.yaml", tiny_root, work, **extra),
-               lambda: len(_finished(pseudo, "png")) >= 2)
-    before = {p.name: p.stat().st_mtime_ns for p in _finished(pseudo, "png")}
-    assert 2 <= len(before) < 24
-    out = _run(_cmd("make_pseudo.py", "cam/cam_r18_synthetic.yaml", tiny_root, work, **extra))
-    assert f"({24 - len(before)} computed" in out.stdout
-    assert all(pseudo.joinpath(n).stat().st_mtime_ns == t for n, t in before.items())
-    _no_temp_files(pseudo)
+    pseudo = _kill_and_rerun("make_pseudo.py", work / "pseudo", "png", 2, "computed", tiny_root, work, extra)
     for p in _finished(ref / "pseudo", "png"):
         assert (pseudo / p.name).read_bytes() == p.read_bytes()
 
