@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torchvision
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+from torchvision.models.resnet import Bottleneck, ResNet
 
 ARCHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 
