@@ -120,3 +120,21 @@ def test_cam_file_checks(tmp_path):
     np.savez(tmp_path / "evil.npz", keys=np.array([{"a": 1}], dtype=object), high_res=np.zeros((1, 2, 2)))
     with pytest.raises(DataError, match=r"evil.npz: refused: holds pickled objects"):
         load_cam(tmp_path / "evil.npz")
+
+
+def test_reuse_copies_atomically_when_links_fail(trained_model, tmp_path, monkeypatch):
+    import wsss.cam.make as make
+
+    cfg, model = trained_model
+    make_cams(cfg, model, torch.device("cpu"), split="val", out_dir=tmp_path / "a")
+
+    def no_link(a, b):
+        raise OSError("cross-device link")
+
+    monkeypatch.setattr(make.os, "link", no_link)
+    b = make_cams(cfg, model, torch.device("cpu"), split="val", out_dir=tmp_path / "b", reuse_from=[tmp_path / "a"])
+    assert (b["reused_here"], b["computed_here"]) == (8, 0)
+    for p in (tmp_path / "a").glob("*.npz"):
+        copy = tmp_path / "b" / p.name
+        assert not copy.samefile(p) and copy.read_bytes() == p.read_bytes()
+    assert not list((tmp_path / "b").glob(".*"))  # no temp files left

@@ -20,7 +20,7 @@ from wsss.data.labels import ImageLabels
 from wsss.data.voc import VOCLayout
 from wsss.engine.checkpoint import unwrap
 from wsss.engine.distributed import get_rank, get_world_size
-from wsss.fileio import DataError, atomic_write_json, read_json, remove_stale_temps
+from wsss.fileio import DataError, atomic_path, atomic_write_json, read_json, remove_stale_temps
 
 MADE_BY = "made_by.json"  # in every CAM folder: the weights and settings its files come from
 
@@ -82,10 +82,9 @@ def link_cams(src: Path, out_dir: Path, ids: list[str]) -> int:
             continue
         try:
             os.link(a, b)
-        except OSError:
-            tmp = b.with_name(f".{b.name}.tmp{os.getpid()}")
-            shutil.copyfile(a, tmp)
-            os.replace(tmp, b)
+        except OSError:  # another file system: an atomic copy
+            with atomic_path(b) as tmp:
+                shutil.copyfile(a, tmp)
         n += 1
     return n
 
