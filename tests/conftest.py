@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -72,3 +75,40 @@ def run_script(script: str, *args: str, check: bool = True, timeout: int = 600, 
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def kill_when(cmd: list[str], ready, timeout: float = 300, env: dict | None = None) -> None:
+    """Start ``cmd``, SIGKILL its whole process group (as a scheduler or Ctrl-C would) as soon
+    as ``ready()`` is true; an error if it finishes first or ``ready()`` never comes."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=REPO,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError("the run finished before it could be killed")
+            if ready():
+                break
+            time.sleep(0.02)
+        else:
+            raise AssertionError("condition never met")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    time.sleep(0.2)  # let the killed group's file handles close
+
+
+def finished_files(d: Path, ext: str) -> list[Path]:
+    """Finished outputs (temporary files are hidden: '.name.tmp...')."""
+    return [p for p in d.glob(f"*.{ext}") if not p.name.startswith(".")] if d.is_dir() else []
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """Two checkpoints hold bit-identical model tensors."""
+    from wsss.engine.checkpoint import load_checkpoint
+
+    wa, wb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k

@@ -1,15 +1,13 @@
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import CONFIGS, REPO, tiny_overrides
+from conftest import CONFIGS, REPO, assert_same_weights, kill_when, tiny_overrides
 from wsss.engine.checkpoint import load_checkpoint
 from wsss.engine.optim import build_poly, build_sgd
 from wsss.engine.sampler import ResumableSampler
@@ -40,10 +38,6 @@ def test_poly_schedule():
     assert lrs[5] == pytest.approx(1.0 * (1 - 5 / 10) ** 0.9)
 
 
-def _final_weights(work: Path) -> dict:
-    return load_checkpoint(work / "checkpoints" / "final.pth")["model"]
-
-
 def _train_cmd(root: Path, work: Path, *extra: str) -> list[str]:
     return [sys.executable, str(REPO / "scripts/train_cam.py"), "--config", str(CONFIGS / "cam/cam_r18_synthetic.yaml"),
             *tiny_overrides(root, work, **{"train.epochs": 3, "runtime.deterministic": True, "train.ckpt_interval": 2}), *extra]
@@ -54,25 +48,14 @@ def test_killed_and_resumed_run_equals_uninterrupted(tiny_root, tmp_path):
     ref = tmp_path / "ref"
     subprocess.run(_train_cmd(tiny_root, ref), check=True, capture_output=True, env=env, timeout=300)
     work = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(tiny_root, work), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     last = work / "checkpoints" / "last.pth"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if last.is_file() and load_checkpoint(last)["step"] >= 6:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(_train_cmd(tiny_root, work), lambda: last.is_file() and load_checkpoint(last)["step"] >= 6, timeout=240, env=env)
     assert not (work / "checkpoints" / "final.pth").exists()
     step = load_checkpoint(last)["step"]
     assert 6 <= step < 18
     out = subprocess.run(_train_cmd(tiny_root, work), check=True, capture_output=True, text=True, env=env, timeout=300)
     assert f"resumed from {last} at step" in out.stdout
-    a, b = _final_weights(ref), _final_weights(work)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_weights(ref / "checkpoints" / "final.pth", work / "checkpoints" / "final.pth")
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_cfg):

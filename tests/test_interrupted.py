@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONFIGS, REPO, tiny_overrides
+from conftest import CONFIGS, REPO, assert_same_weights, finished_files, kill_when, tiny_overrides
 from wsss.cam.files import load_cam
 from wsss.engine.checkpoint import load_checkpoint
 
@@ -31,41 +31,9 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     return proc
 
 
-def _kill_when(cmd: list[str], ready, timeout: float = 300) -> None:
-    """Start ``cmd``, SIGKILL its process group as soon as ``ready()`` is true."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=REPO, start_new_session=True)
-    deadline = time.time() + timeout
-    try:
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError("the run finished before it could be killed")
-            if ready():
-                break
-            time.sleep(0.02)
-        else:
-            raise AssertionError("condition never met")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    time.sleep(0.2)  # let the killed group's file handles close
-
-
-def _finished(d: Path, ext: str) -> list[Path]:
-    """Finished outputs (temporary files are hidden: '.name.tmp...')."""
-    return [p for p in d.glob(f"*.{ext}") if not p.name.startswith(".")] if d.is_dir() else []
-
-
 def _no_temp_files(*dirs: Path) -> None:
     for d in dirs:
         assert not list(d.rglob(".*.tmp*")), list(d.rglob(".*.tmp*"))
-
-
-def _same_weights(a: Path, b: Path) -> None:
-    wa, wb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
 
 
 def _kill_and_rerun(script: str, out: Path, ext: str, min_done: int, done_phrase: str, root: Path, work: Path,
@@ -73,8 +41,8 @@ def _kill_and_rerun(script: str, out: Path, ext: str, min_done: int, done_phrase
     """Kill ``script`` once ``min_done`` files are finished in ``out``, rerun it: the rest is
     computed, finished files are not touched, no temporary file remains."""
     cmd = _cmd(script, "cam/cam_r18_synthetic.yaml", root, work, **extra)
-    _kill_when(cmd, lambda: len(_finished(out, ext)) >= min_done)
-    before = {p.name: p.stat().st_mtime_ns for p in _finished(out, ext)}
+    kill_when(cmd, lambda: len(finished_files(out, ext)) >= min_done, env=ENV)
+    before = {p.name: p.stat().st_mtime_ns for p in finished_files(out, ext)}
     assert min_done <= len(before) < total
     rerun = _run(cmd)
     assert f"({total - len(before)} {done_phrase}" in rerun.stdout
@@ -126,13 +94,13 @@ def test_make_cam_and_make_pseudo_killed_midway(tiny_root, tmp_path):
 
     # make_cam, killed after a few files
     cams = _kill_and_rerun("make_cam.py", work / "cams", "npz", 3, "computed on rank 0", tiny_root, work, extra)
-    for p in _finished(ref / "cams", "npz"):
+    for p in finished_files(ref / "cams", "npz"):
         a, b = load_cam(p), load_cam(cams / p.name)
         assert np.array_equal(a["keys"], b["keys"]) and np.array_equal(a["high_res"], b["high_res"])
 
     # make_pseudo (a pool of 2 CRF workers), killed after a few masks
     pseudo = _kill_and_rerun("make_pseudo.py", work / "pseudo", "png", 2, "computed", tiny_root, work, extra)
-    for p in _finished(ref / "pseudo", "png"):
+    for p in finished_files(ref / "pseudo", "png"):
         assert (pseudo / p.name).read_bytes() == p.read_bytes()
 
 
@@ -148,12 +116,12 @@ def test_ppl_killed_between_stages_resumes_at_the_right_stage(tiny_root, tmp_pat
         return _cmd("train_cam.py", "ppl/ppl_progressive_r18_synthetic.yaml", tiny_root, w, **extra) + [f"ppl.stages={PPL_STAGES}"]
 
     _run(cmd(ref))
-    _kill_when(cmd(work), lambda: (work / "checkpoints" / "stage1.pth").is_file())
+    kill_when(cmd(work), lambda: (work / "checkpoints" / "stage1.pth").is_file(), env=ENV)
     assert not (work / "checkpoints" / "stage3.pth").exists()
     out = _run(cmd(work))
     assert "[stage1] finished earlier" in out.stdout
     assert "[stage3] done" in out.stdout
-    _same_weights(ref / "checkpoints" / "final.pth", work / "checkpoints" / "final.pth")
+    assert_same_weights(ref / "checkpoints" / "final.pth", work / "checkpoints" / "final.pth")
 
 
 @pytest.mark.slow
@@ -161,13 +129,13 @@ def test_gslm_killed_between_rounds_resumes_at_the_right_round(tiny_root, tmp_pa
     extra = {"runtime.deterministic": True, "gslm.rounds": 2, "gslm.epochs": 1, "gslm.lr": 0.01}
     ref, work = tmp_path / "ref", tmp_path / "killed"
     _run(_cmd("train_cam.py", "gslm/gslm_r18_synthetic.yaml", tiny_root, ref, **extra))
-    _kill_when(_cmd("train_cam.py", "gslm/gslm_r18_synthetic.yaml", tiny_root, work, **extra),
-               lambda: (work / "checkpoints" / "slm_round1.pth").is_file())
+    kill_when(_cmd("train_cam.py", "gslm/gslm_r18_synthetic.yaml", tiny_root, work, **extra),
+              lambda: (work / "checkpoints" / "slm_round1.pth").is_file(), env=ENV)
     assert not (work / "checkpoints" / "final.pth").exists()
     out = _run(_cmd("train_cam.py", "gslm/gslm_r18_synthetic.yaml", tiny_root, work, **extra))
     assert "[cam] finished earlier" in out.stdout and "[slm_round1] finished earlier" in out.stdout
     assert "[slm_round2] done" in out.stdout
-    _same_weights(ref / "checkpoints" / "final.pth", work / "checkpoints" / "final.pth")
+    assert_same_weights(ref / "checkpoints" / "final.pth", work / "checkpoints" / "final.pth")
     for r in range(3):
         for p in (ref / "gslm" / f"round{r}" / "pseudo").glob("*.png"):
             assert (work / "gslm" / f"round{r}" / "pseudo" / p.name).read_bytes() == p.read_bytes()

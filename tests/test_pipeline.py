@@ -3,14 +3,12 @@ interrupted run that resumes, stage skipping and forcing, and the summary files.
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import CONFIGS, REPO, tiny_overrides
+from conftest import CONFIGS, REPO, finished_files, kill_when, tiny_overrides
 
 PPL_STAGES = "[{split_after: 1, grid: 2, epochs: 1}, {split_after: 2, grid: 2, epochs: 1}, {split_after: 3, grid: 2, epochs: 1}]"
 
@@ -35,18 +33,9 @@ def test_pipeline_interrupted_resumed_skipped_and_summarised(tiny_root, tmp_path
     work = tmp_path / "work"
     cams = work / "cams"
     # 1) killed in the middle of make_cam
-    proc = subprocess.Popen(_cmd(tiny_root, work), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
-                            start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if cams.is_dir() and len([p for p in cams.glob("*.npz") if not p.name.startswith(".")]) >= 2:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the pipeline finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(_cmd(tiny_root, work), lambda: len(finished_files(cams, "npz")) >= 2)
     assert (work / "pipeline" / "train_cam.json").is_file() and not (work / "pipeline" / "make_cam.json").exists()
-    done_before = len([p for p in cams.glob("*.npz") if not p.name.startswith(".")])
+    done_before = len(finished_files(cams, "npz"))
 
     # 2) rerun: train_cam is skipped, make_cam resumes, the rest runs
     out = _run(_cmd(tiny_root, work))
