@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -51,6 +52,10 @@ class GSLMConfig:
     report_threshold_start: float = 0.15  # round r reports at start + step * (r - 1); the GLM at start
     report_threshold_step: float = 0.1
     evaluate: bool = True  # evaluate CAMs and pseudo masks of every round
+    # CAMs the rounds (r >= 1) are scored on. cam_files: the round's CAM files (cam.resize_mode).
+    # nearest: CAMs of eval_cam.split made again with the nearest-resized pyramid, as the
+    # reference's per-round evaluation does (its GLM is scored on its CAM files).
+    round_eval_cams: Literal["cam_files", "nearest"] = "cam_files"
 
 
 register_section("gslm", GSLMConfig)
@@ -75,7 +80,10 @@ def sr_loss_fn(cfg):
     def compute(net, batch: dict, ctx: TrainContext) -> dict:
         out = net(batch["img"])
         cls = multilabel_soft_margin(out["logits"].float(), batch["label"])
-        sr = seed_reactivation_loss(out["cam"], batch["mask"], batch["label"], g.beta)
+        # The SR loss is a sum over the batch's images (the reference trains one process
+        # on the whole batch), but DDP averages gradients over ranks: scaled by the world
+        # size, N ranks of B/N images train as one process with B images.
+        sr = seed_reactivation_loss(out["cam"], batch["mask"], batch["label"], g.beta) * ctx.world_size
         return {"loss": cls + g.sr_weight * sr, "cls": cls, "sr": sr}
 
     return compute
@@ -101,20 +109,31 @@ def ensure_round_outputs(model: torch.nn.Module, ctx: TrainContext, r: int) -> N
         if ctx.is_main:
             (d / "pseudo.done").write_text("ok\n")
         barrier()
+    eval_cams = d / "cams"
+    if cfg.gslm.evaluate and r > 0 and cfg.gslm.round_eval_cams == "nearest" and not metrics_file.is_file():
+        eval_cams = d / "cams_eval_nearest"
+        ncfg = copy.deepcopy(cfg)
+        ncfg.cam.resize_mode = "nearest"
+        make_cams(ncfg, bare, ctx.device, split=cfg.eval_cam.split, out_dir=eval_cams)
+        barrier()
     if cfg.gslm.evaluate and ctx.is_main and not metrics_file.is_file():
-        evaluate_round(cfg, r)
+        evaluate_round(cfg, r, eval_cams)
         write_rounds_table(cfg)
     barrier()
     bare.train(was_training)
 
 
-def evaluate_round(cfg, r: int) -> dict:
+def evaluate_round(cfg, r: int, cam_dir: Path | None = None) -> dict:
     d = round_dir(cfg, r)
     t = report_threshold(cfg, r)
     ecfg = copy.deepcopy(cfg)
     ecfg.eval_cam.report_threshold = t
-    cams = evaluate_cams(ecfg, cam_dir=d / "cams", name=f"gslm_round{r}_cam", verbose=False)
-    out = {"round": r, "name": round_name(r), "report_threshold": t, "cam_miou_at_report": cams["report"]["miou"],
+    ecfg.eval_cam.crf = True
+    cams = evaluate_cams(ecfg, cam_dir=cam_dir or d / "cams", name=f"gslm_round{r}_cam", verbose=False)
+    # "CAM+CRF" is the number the reference prints after each round (the CAM at the round's
+    # threshold refined by the pseudo masks' label CRF); "CAM" is the plain score.
+    out = {"round": r, "name": round_name(r), "cam_dir": str(cam_dir or d / "cams"), "report_threshold": t,
+           "cam_miou_at_report": cams["report"]["miou"], "cam_crf_miou_at_report": cams["miou_crf"],
            "cam_miou_best": cams["miou"], "best_threshold": cams["best_threshold"]}
     if cfg.pseudo.eval_split:
         names = ["background"] + ImageLabels.load(cfg.data.label_file, cfg.data.num_classes).classes
@@ -122,8 +141,8 @@ def evaluate_round(cfg, r: int) -> dict:
         out.update({"pseudo_miou_255_as_bg": pm["miou_255_as_background"], "pseudo_miou_confident": pm["miou_confident_pixels"],
                     "pseudo_confident_fraction": pm["confident_fraction"]})
     save_metrics(cfg, f"gslm_round{r}", out, md_table(["", "value"], [[k, v] for k, v in out.items()]))
-    print(f"[gslm] {round_name(r)}: CAM mIoU {fmt(out['cam_miou_at_report'])} at {t:.2f}, "
-          f"{fmt(out['cam_miou_best'])} at best {out['best_threshold']:.2f}"
+    print(f"[gslm] {round_name(r)}: CAM mIoU {fmt(out['cam_miou_at_report'])} at {t:.2f} "
+          f"(CAM+CRF {fmt(out['cam_crf_miou_at_report'])}), {fmt(out['cam_miou_best'])} at best {out['best_threshold']:.2f}"
           + (f"; pseudo-mask mIoU {fmt(out['pseudo_miou_255_as_bg'])}" if "pseudo_miou_255_as_bg" in out else ""), flush=True)
     return out
 
@@ -135,12 +154,14 @@ def write_rounds_table(cfg) -> dict:
         f = Path(cfg.work_dir) / "metrics" / f"gslm_round{r}.json"
         if f.is_file():
             rows.append({k: v for k, v in read_json(f).items() if k != "config"})
-    header = ["model", "CAM mIoU @ round thr.", "round thr.", "CAM mIoU @ best", "best thr.", "pseudo mIoU (255=bg)",
-              "pseudo mIoU (confident)"]
-    table = [[x["name"], fmt(x["cam_miou_at_report"]), f"{x['report_threshold']:.2f}", fmt(x["cam_miou_best"]),
-              f"{x['best_threshold']:.2f}", fmt(x.get("pseudo_miou_255_as_bg")), fmt(x.get("pseudo_miou_confident"))]
-             for x in rows]
-    md = f"# GSLM rounds ({cfg.exp_name})\n\n" + md_table(header, table)
+    header = ["model", "round thr.", "CAM mIoU @ round thr.", "CAM+CRF mIoU @ round thr.", "CAM mIoU @ best", "best thr.",
+              "pseudo mIoU (255=bg)", "pseudo mIoU (confident)"]
+    table = [[x["name"], f"{x['report_threshold']:.2f}", fmt(x["cam_miou_at_report"]), fmt(x.get("cam_crf_miou_at_report")),
+              fmt(x["cam_miou_best"]), f"{x['best_threshold']:.2f}", fmt(x.get("pseudo_miou_255_as_bg")),
+              fmt(x.get("pseudo_miou_confident"))] for x in rows]
+    md = (f"# GSLM rounds ({cfg.exp_name})\n\n" + md_table(header, table)
+          + "\nCAM: the plain CAM against GT. CAM+CRF: the CAM at the round's threshold refined by the pseudo masks'"
+          " label CRF, the number the reference code prints after each round (it scores its GLM without CRF).\n")
     save_metrics(cfg, "gslm_rounds", {"rounds": rows}, md)
     print(md_table(header, table))
     return {"rounds": rows}

@@ -1,6 +1,6 @@
 """GPU readiness, checked on the CPU where it can be: AMP (bf16, fp16 with its grad scaler),
 channels_last, torch.compile, persistent loader workers, and no per-step host syncs in the
-training loop (DESIGN.md "Engine"; issue 8 item 3)."""
+training loop."""
 from __future__ import annotations
 
 import dataclasses

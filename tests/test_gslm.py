@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,7 +66,8 @@ def test_gslm_run_glm_and_rounds(tiny_root, tmp_path):
 
     work = tmp_path / "work"
     args = ["--config", str(CONFIGS / "gslm/gslm_r18_synthetic.yaml"),
-            *tiny_overrides(tiny_root, work, **{"gslm.rounds": 2, "gslm.epochs": 1, "gslm.lr": 0.01})]
+            *tiny_overrides(tiny_root, work, **{"gslm.rounds": 2, "gslm.epochs": 1, "gslm.lr": 0.01,
+                                                "gslm.round_eval_cams": "nearest"})]
     out = run_script("train_cam.py", *args)
     for r in range(3):
         assert len(list((work / "gslm" / f"round{r}" / "pseudo").glob("*.png"))) == 24
@@ -75,7 +77,14 @@ def test_gslm_run_glm_and_rounds(tiny_root, tmp_path):
     assert [r["name"] for r in table] == ["GLM", "round 1", "round 2"]
     assert [r["report_threshold"] for r in table] == [0.15, 0.15, 0.25]
     assert all(0 <= r["cam_miou_best"] <= 1 and 0 <= r["pseudo_miou_255_as_bg"] <= 1 for r in table)
-    assert "| round 2 |" in out.stdout
+    assert all(0 <= r["cam_crf_miou_at_report"] <= 1 for r in table)
+    # the rounds are scored as the reference logs them: nearest-pyramid CAMs of the eval split
+    # (12 train images), the GLM on its own CAM files
+    assert [Path(r["cam_dir"]).relative_to(work / "gslm").as_posix() for r in table] == \
+        ["round0/cams", "round1/cams_eval_nearest", "round2/cams_eval_nearest"]
+    assert len(list((work / "gslm" / "round1" / "cams_eval_nearest").glob("*.npz"))) == 12
+    assert json.loads((work / "gslm" / "round1" / "cams_eval_nearest" / "made_by.json").read_text())["resize_mode"] == "nearest"
+    assert "| round 2 |" in out.stdout and "CAM+CRF mIoU @ round thr." in out.stdout
     # the final weights are round 2's
     final = torch.load(work / "checkpoints" / "final.pth", weights_only=True)["model"]
     last = torch.load(work / "checkpoints" / "slm_round2.pth", weights_only=True)["model"]
@@ -90,7 +99,7 @@ def test_gslm_run_glm_and_rounds(tiny_root, tmp_path):
 
 
 def test_vectorised_loss_equals_the_per_image_per_class_loop():
-    """The definition written as loops (METHODS.md section 5) vs the vectorised loss."""
+    """The definition written as loops vs the vectorised loss."""
     import torch.nn.functional as F
 
     def loop(cam, mask, labels, beta):

@@ -2,27 +2,53 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from wsss.cam.files import cam_path, load_cam
 from wsss.cam.make import make_cams
 from wsss.cam.training import build_cam_model, load_cam_model
 from wsss.data.labels import ImageLabels
-from wsss.data.transforms import normalize
 from wsss.data.voc import VOCLayout
 from wsss.engine.checkpoint import save_checkpoint
 from wsss.fileio import DataError, read_image, save_npz
 
 
-def straightforward_cam(model, img: np.ndarray, keys, scales, mean, std) -> np.ndarray:
-    """METHODS.md section 2 written as plain loops: every scale, every flip, one map at a time."""
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def _normalised(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(((img.astype(np.float32) / 255.0 - MEAN) / STD).transpose(2, 0, 1).copy())[None]
+
+
+def reference_input(img: np.ndarray, s: float, mode: str) -> torch.Tensor:
+    """The image at scale ``s`` as the references build it, written from their definitions
+    (not with our transforms). bicubic (their CAM files): PIL bicubic on the uint8 image to
+    round(side * s), then normalise. nearest (GSLM's evaluation path): the normalised tensor,
+    output side floor(side * s), source index floor(dst * in / out) in float32."""
     h, w = img.shape[:2]
-    base = torch.from_numpy(normalize(img, mean, std).transpose(2, 0, 1).copy())[None]
-    total = torch.zeros(model.num_classes if hasattr(model, "num_classes") else len(keys), h, w)
+    if mode == "bicubic":
+        size = (int(np.round(h * s)), int(np.round(w * s)))
+        im = img if size == (h, w) else np.asarray(Image.fromarray(img).resize(size[::-1], Image.BICUBIC))
+        return _normalised(im)
+    x = _normalised(img)
+    if s == 1.0:
+        return x
+    oh, ow = int(np.floor(h * s)), int(np.floor(w * s))
+    rows = np.minimum(np.floor(np.arange(oh, dtype=np.float32) * (np.float32(h) / np.float32(oh))), h - 1).astype(int)
+    cols = np.minimum(np.floor(np.arange(ow, dtype=np.float32) * (np.float32(w) / np.float32(ow))), w - 1).astype(int)
+    return x[:, :, rows][:, :, :, cols]
+
+
+def straightforward_cam(model, img: np.ndarray, keys, scales, mode: str = "bicubic") -> np.ndarray:
+    """make_cam's definition written as a plain loop, the way the references do it: per
+    scale, the scaled image and its flip, ReLU CAM, the flip flipped back, each map upsampled
+    (bilinear) to the image size, summed; the image's classes kept, each divided by max + 1e-5."""
+    h, w = img.shape[:2]
     maps = []
     with torch.no_grad():
         for s in scales:
-            size = (int(np.round(h * s)), int(np.round(w * s)))
-            x = base if size == (h, w) else F.interpolate(base, size=size, mode="nearest")
+            x = reference_input(img, s, mode)
             for flip in (False, True):
                 xi = x.flip(-1) if flip else x
                 cam = F.relu(model(xi)["cam"])
@@ -42,8 +68,14 @@ def trained_model(tiny_cfg):
     return cfg, load_cam_model(cfg, cfg.cam.checkpoint)
 
 
-def test_high_res_equals_straightforward_computation(trained_model):
+@pytest.mark.parametrize("mode", ["bicubic", "nearest"])
+def test_high_res_equals_the_reference_loop(trained_model, mode):
+    """make_cam (batched images, flip pairs, the loader's resize) against the plain loop of the
+    references' procedure. Scale 0.7 of a 64-px image is where floor (nearest) and round
+    (bicubic) sizes differ, so a wrong size rule fails here."""
     cfg, model = trained_model
+    cfg.cam.resize_mode = mode
+    cfg.cam.scales = [1.0, 0.7, 1.3, 2.0]
     summary = make_cams(cfg, model, torch.device("cpu"), split="val")
     assert summary["computed_here"] == 8
     L = VOCLayout(cfg.data.root)
@@ -53,9 +85,9 @@ def test_high_res_equals_straightforward_computation(trained_model):
         d = load_cam(cam_path(cfg.cam.out_dir, image_id), img.shape[:2])
         keys = labels.indices(image_id)
         assert d["keys"].tolist() == keys
-        ref = straightforward_cam(model, img, keys, cfg.cam.scales, cfg.train.aug.mean, cfg.train.aug.std)
+        ref = straightforward_cam(model, img, keys, cfg.cam.scales, mode)
         assert d["high_res"].shape == ref.shape
-        np.testing.assert_allclose(d["high_res"], ref, atol=2e-5)
+        np.testing.assert_allclose(d["high_res"], ref, atol=1e-5, rtol=0)
         assert np.allclose(d["high_res"].reshape(len(keys), -1).max(1), 1.0, atol=1e-4)
         # the file is pickle-free
         with np.load(cam_path(cfg.cam.out_dir, image_id), allow_pickle=False) as z:

@@ -36,9 +36,10 @@ def run_comparison(methods: dict[str, str], out: Path, overrides: list[str], sta
         n, secs = s["numbers"], s["seconds"]
         rows.append({"method": name, "config": config, "work_dir": str(work), **n,
                      "train_cam_seconds": secs.get("train_cam"), "pipeline_seconds": round(time.perf_counter() - t0, 1)})
-    header = ["method", "CAM mIoU (best thr.)", "pseudo-mask mIoU (255=bg)", "pseudo-mask mIoU (confident)", "seg mIoU (val)",
-              "train_cam time"]
+    header = ["method", "CAM mIoU (best thr.)", "CAM+CRF mIoU", "pseudo-mask mIoU (255=bg)", "pseudo-mask mIoU (confident)",
+              "seg mIoU (val)", "train_cam time"]
     table = [[r["method"], fmt(r.get("cam_miou")) + (f" @ {r['cam_best_threshold']:.2f}" if "cam_best_threshold" in r else ""),
+              fmt(r.get("cam_crf_miou")) + (f" @ {r['cam_crf_threshold']:.2f}" if "cam_crf_threshold" in r else ""),
               fmt(r.get("pseudo_miou_255_as_bg")), fmt(r.get("pseudo_miou_confident")), fmt(r.get("seg_miou")),
               f"{r['train_cam_seconds']:.0f} s" if r.get("train_cam_seconds") else "-"] for r in rows]
     md = md_table(header, table)

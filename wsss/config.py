@@ -135,9 +135,10 @@ class CamConfig:
     out_dir: str = ""  # default: <work_dir>/cams
     scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
     flip: bool = True
-    # GSLM resizes the normalised tensor with nearest interpolation; IRN uses
-    # PIL bicubic on the image.
-    resize_mode: Literal["nearest", "bicubic", "bilinear"] = "nearest"
+    # The image at each scale. bicubic: PIL on the uint8 image, then normalise: how
+    # both references (IRN, GSLM) write their CAM files. nearest: the normalised
+    # tensor, sizes floored: GSLM's per-round evaluation path only.
+    resize_mode: Literal["nearest", "bicubic", "bilinear"] = "bicubic"
     dtype: Literal["float16", "float32"] = "float32"
     save_strided: bool = False
     strided_stride: int = 4
@@ -155,6 +156,10 @@ class EvalCamConfig:
     threshold_stop: float = 0.60  # inclusive
     threshold_step: float = 0.01
     report_threshold: float = -1.0  # also report this threshold (< 0: none)
+    # Also score "CAM+CRF": the CAM at one threshold (report_threshold if set, else the
+    # sweep's best) refined by the pseudo masks' label CRF (pseudo.* CRF keys), as the
+    # GSLM reference scores each SLM round.
+    crf: bool = True
 
 
 @dataclass

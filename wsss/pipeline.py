@@ -41,7 +41,10 @@ def parse_stages(text: str | None, cfg: Config) -> list[str]:
 def _numbers(stage: str, result: dict) -> dict:
     """The figures of a stage's result that the summary quotes."""
     if stage == "eval_cam" and result:
-        return {"cam_miou": result["miou"], "cam_best_threshold": result["best_threshold"]}
+        out = {"cam_miou": result["miou"], "cam_best_threshold": result["best_threshold"]}
+        if result.get("crf"):
+            out.update({"cam_crf_miou": result["crf"]["miou"], "cam_crf_threshold": result["crf"]["threshold"]})
+        return out
     if stage == "eval_pseudo" and result:
         return {"pseudo_miou_255_as_bg": result["miou_255_as_background"],
                 "pseudo_miou_confident": result["miou_confident_pixels"],
@@ -115,6 +118,7 @@ def summary_markdown(cfg: Config, s: dict) -> str:
     n = s["numbers"]
     rows = [
         ["CAM mIoU (best threshold)", fmt(n.get("cam_miou")) + (f" @ {n['cam_best_threshold']:.2f}" if "cam_best_threshold" in n else "")],
+        ["CAM+CRF mIoU (label CRF)", fmt(n.get("cam_crf_miou")) + (f" @ {n['cam_crf_threshold']:.2f}" if "cam_crf_threshold" in n else "")],
         ["pseudo-mask mIoU (255 as background)", fmt(n.get("pseudo_miou_255_as_bg"))],
         ["pseudo-mask mIoU (confident pixels)", fmt(n.get("pseudo_miou_confident"))
          + (f" ({fmt(n['pseudo_confident_fraction'])}% confident)" if "pseudo_confident_fraction" in n else "")],

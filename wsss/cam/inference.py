@@ -1,4 +1,4 @@
-"""Multi-scale + flip CAM inference (METHODS.md section 2).
+"""Multi-scale + flip CAM inference.
 
 For each scale the image and its horizontal flip run as one batch; the flipped
 map is flipped back and added; every map is upsampled (bilinear,

@@ -119,7 +119,7 @@ class InferenceDataset(Dataset):
     """
 
     def __init__(self, root, ids: list[str], labels: ImageLabels | None, scales=(1.0,), mean=(0.485, 0.456, 0.406),
-                 std=(0.229, 0.224, 0.225), resize_mode: str = "nearest", split_name: str = "", gt_dir: str | None = None,
+                 std=(0.229, 0.224, 0.225), resize_mode: str = "bicubic", split_name: str = "", gt_dir: str | None = None,
                  num_classes: int | None = None):
         self.layout = VOCLayout(root)
         self.ids = list(ids)

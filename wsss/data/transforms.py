@@ -110,16 +110,25 @@ class TrainTransform:
         return img_t, mask_t
 
 
-def multiscale_inputs(img: np.ndarray, scales, mean, std, mode: str = "nearest") -> list[torch.Tensor]:
+def multiscale_inputs(img: np.ndarray, scales, mean, std, mode: str = "bicubic") -> list[torch.Tensor]:
     """The normalised image [3, h, w] at each scale (make_cam, eval_seg).
 
-    ``nearest``/``bilinear``: resize the normalised full-size tensor (GSLM);
-    ``bicubic``: resize the uint8 image with PIL, then normalise (IRN).
+    ``bicubic`` (the default; what IRN's and GSLM's make_cam write their CAM files
+    with): resize the uint8 image with PIL to ``round(side * s)``, then normalise.
+    ``nearest``: resize the normalised full-size tensor (GSLM's per-round
+    evaluation path); its size is ``floor(side * s)`` because the reference calls
+    ``interpolate(scale_factor=s, recompute_scale_factor=True)``.
+    ``bilinear``: resize the normalised tensor to ``round(side * s)`` (DeepLab's
+    multi-scale inference).
     """
     h, w = img.shape[:2]
     base = torch.from_numpy(np.ascontiguousarray(normalize(img, mean, std).transpose(2, 0, 1)))
     out = []
     for s in scales:
+        if mode == "nearest":
+            out.append(base if s == 1.0 else
+                       F.interpolate(base[None], scale_factor=s, mode="nearest", recompute_scale_factor=True)[0])
+            continue
         size = scaled_size(h, w, s)
         if size == (h, w):
             out.append(base)
@@ -127,6 +136,5 @@ def multiscale_inputs(img: np.ndarray, scales, mean, std, mode: str = "nearest")
             im = resize_image(img, size, "bicubic")
             out.append(torch.from_numpy(np.ascontiguousarray(normalize(im, mean, std).transpose(2, 0, 1))))
         else:
-            kw = {"align_corners": False} if mode == "bilinear" else {}
-            out.append(F.interpolate(base[None], size=size, mode=mode, **kw)[0])
+            out.append(F.interpolate(base[None], size=size, mode=mode, align_corners=False)[0])
     return out

@@ -30,15 +30,22 @@ def threshold_labels(cams: np.ndarray, threshold: float) -> np.ndarray:
     return np.argmax(planes, 0)
 
 
+def refined_labels(img: np.ndarray, cams: np.ndarray, keys: np.ndarray, thresholds: list[float],
+                   crf: CRFParams | None, shared_pairwise: bool = True) -> list[np.ndarray]:
+    """One label map (0 background, c+1 class c) per background threshold: argmax over
+    [a plane at the threshold, the kept CAMs], then the label CRF (when ``crf`` is given).
+    The reference's "CRF refiner" of its per-round evaluation is this at one threshold."""
+    lut = np.concatenate([[0], np.asarray(keys, np.int64) + 1])
+    idx = [threshold_labels(cams, t) for t in thresholds]
+    if crf is not None and len(keys) > 0:
+        idx = crf_labels(img, idx, len(keys) + 1, crf, shared=shared_pairwise)
+    return [lut[i] for i in idx]
+
+
 def cams_to_pseudo(img: np.ndarray, cams: np.ndarray, keys: np.ndarray, fg_thres: float, bg_thres: float,
                    crf: CRFParams | None, shared_pairwise: bool = True) -> np.ndarray:
     """The pseudo mask (uint8: 0 background, c+1 class c, 255 uncertain) of one image."""
-    lut = np.concatenate([[0], np.asarray(keys, np.int64) + 1])
-    fg_idx = threshold_labels(cams, fg_thres)
-    bg_idx = threshold_labels(cams, bg_thres)
-    if crf is not None and len(keys) > 0:
-        fg_idx, bg_idx = crf_labels(img, [fg_idx, bg_idx], len(keys) + 1, crf, shared=shared_pairwise)
-    fg, bg = lut[fg_idx], lut[bg_idx]
+    fg, bg = refined_labels(img, cams, keys, [fg_thres, bg_thres], crf, shared_pairwise)
     mask = fg.copy()
     mask[fg == 0] = 255
     mask[(fg == 0) & (bg == 0)] = 0
@@ -110,7 +117,7 @@ def _conf_chunk(ids: list[str], root: str, gt_dir: str, mask_dir: str, n: int) -
 
 
 def evaluate_masks(cfg: Config, mask_dir: str | Path, split: str, class_names: list[str], workers: int = 0) -> dict:
-    """Both pseudo-mask numbers of METHODS.md section 7."""
+    """Both pseudo-mask numbers of the evaluation protocol (255 as background, confident pixels only)."""
     n = cfg.data.num_classes + 1
     ids = VOCLayout(cfg.data.root).read_split(split)
     fn = partial(_conf_chunk, root=cfg.data.root, gt_dir=cfg.data.gt_dir, mask_dir=str(mask_dir), n=n)
