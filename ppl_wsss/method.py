@@ -2,6 +2,8 @@
 
     model.name: ppl_progressive   one model trained stage after stage (Fig. 2)
     model.name: ppl_explicit      all split points in one forward pass (Fig. 5)
+
+What P, M and C compute, which blocks each stage trains and why: docs/ppl.md.
 """
 from __future__ import annotations
 
@@ -36,7 +38,12 @@ class PPLConfig:
     split_points: list[int] = field(default_factory=lambda: [1, 2, 3])
     grids: list[int] = field(default_factory=lambda: [2, 2, 2])
     cam_source: Literal["concat", "full"] = "concat"
+    # fills the cells P pads on each side of a map (a 2x2 grid never pads one of 2+ cells; docs/ppl.md)
     pad_mode: Literal["zeros", "replicate", "reflect"] = "replicate"
+    # yes: stages 1..min(model.detach_stage, k) get no gradient for split point k (explicit:
+    # the lowest one), so every block after a split trains, as both figures draw it; no: the
+    # baseline's stages 1..model.detach_stage, whatever the split (the *_detach2 ablations)
+    detach_below_split: bool = True
     # yes: every stage has its own poly schedule from its own lr; no: one poly decay
     # spans all stages (each stage continues where the previous one stopped)
     restart_schedule: bool = True
@@ -58,7 +65,8 @@ def build_ppl_explicit(cfg) -> PPLNet:
     if len(p.grids) != len(p.split_points):
         raise ConfigError(f"ppl.grids: one grid per split point ({len(p.split_points)}), got {len(p.grids)}")
     return PPLNet(build_backbone(cfg), cfg.data.num_classes, cfg.model.detach_stage, p.split_points, p.grids,
-                  explicit=True, cam_source=p.cam_source, pad_mode=p.pad_mode)
+                  explicit=True, cam_source=p.cam_source, pad_mode=p.pad_mode,
+                  detach_below_split=p.detach_below_split)
 
 
 def progressive_phases(cfg) -> list:
@@ -72,6 +80,8 @@ def progressive_phases(cfg) -> list:
             overrides["poly_span"] = (done / total, (done + ep) / total)
         done += ep
         phase = default_cam_phase(cfg, name=f"stage{i + 1}", **overrides)
+        # set_stage also freezes/unfreezes the stages below this split before the phase
+        # builds its optimizer, so the param groups hold exactly the blocks it trains
         phase.setup = (lambda idx: lambda model, ctx: unwrap(model).set_stage(idx))(i)
         phase.seed_offset = i
         phases.append(phase)
@@ -82,6 +92,7 @@ def progressive_phases(cfg) -> list:
 def build_ppl_progressive(cfg) -> PPLNet:
     stages = _check_stages(cfg)
     model = PPLNet(build_backbone(cfg), cfg.data.num_classes, cfg.model.detach_stage, [s.split_after for s in stages],
-                   [s.grid for s in stages], explicit=False, cam_source=cfg.ppl.cam_source, pad_mode=cfg.ppl.pad_mode)
+                   [s.grid for s in stages], explicit=False, cam_source=cfg.ppl.cam_source, pad_mode=cfg.ppl.pad_mode,
+                   detach_below_split=cfg.ppl.detach_below_split)
     model.set_stage(len(stages) - 1)  # inference uses the last stage's configuration
     return model

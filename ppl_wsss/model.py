@@ -10,11 +10,22 @@ plain path's stage-k output *detached* (no gradient from a patch branch into
 stages <= k), then P, stages k+1..N, M. C concatenates every branch and the
 plain path's final features -> one classifier.
 
+Which stages train: with ``detach_below_split`` (config ``ppl.detach_below_split``,
+default on) the frozen stages are 1..min(model.detach_stage, k) for the split
+point k in use (explicit: the lowest split point), so every block after a split
+trains, as the figures draw it; off, the baseline's 1..model.detach_stage.
+
+BN statistics: the patch branches normalise with the running statistics and
+never update them, also in training, so only the full path writes them and no
+patch sees another patch through batch statistics (docs/ppl.md).
+
 The CAM comes from the classifier on the concatenated features, or (config
 ``ppl.cam_source: full``) from the classifier's full-path half on the
 full-path features alone.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn as nn
@@ -25,10 +36,28 @@ from wsss.models.backbones import ResNetBackbone
 from wsss.models.cam_net import CAMModel
 
 
+@contextlib.contextmanager
+def running_stats_only(modules: list[nn.Module]):
+    """Every BN in ``modules`` normalises with its running statistics and leaves them as
+    they are: patch batches (lower variance than the full map) never write the statistics
+    the full path and inference use, and each patch is normalised on its own."""
+    bns = [m for mod in modules for m in mod.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    for m in bns:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.training = True
+
+
 class PPLNet(CAMModel):
     def __init__(self, backbone: ResNetBackbone, num_classes: int, detach_stage: int, split_points: list[int],
-                 grids: list[int], explicit: bool, cam_source: str = "concat", pad_mode: str = "replicate"):
-        super().__init__(backbone, detach_stage)
+                 grids: list[int], explicit: bool, cam_source: str = "concat", pad_mode: str = "replicate",
+                 detach_below_split: bool = True):
+        # stages are frozen per split point (set_detach), not once for the whole model
+        super().__init__(backbone, 0)
         if not split_points:
             raise ValueError("PPL needs at least one split point")
         for k in split_points:
@@ -44,23 +73,48 @@ class PPLNet(CAMModel):
         self.grids = list(grids)
         self.cam_source = cam_source
         self.pad_mode = pad_mode
+        self.base_detach_stage = detach_stage
+        self.detach_below_split = detach_below_split
+        # what the backbone froze itself (the stem) stays frozen whatever the split point
+        self._backbone_frozen = frozenset(n for n, p in backbone.named_parameters() if not p.requires_grad)
         # progressive: the active (split, grid); explicit: all of them at once
         self.active = 0
         n_maps = len(split_points) + 1 if explicit else 2
         self.feat_channels = backbone.out_channels
         self.classifier = nn.Conv2d(n_maps * backbone.out_channels, num_classes, 1, bias=False)
+        self.set_detach()
 
     def set_stage(self, index: int) -> None:
         """Progressive training: use split point ``split_points[index]`` with its grid."""
         if self.explicit:
             raise RuntimeError("the explicit model uses all split points at once")
         self.active = index
+        self.set_detach()
 
     @property
     def branches(self) -> list[tuple[int, int]]:
         if self.explicit:
             return list(zip(self.split_points, self.grids))
         return [(self.split_points[self.active], self.grids[self.active])]
+
+    def effective_detach_stage(self) -> int:
+        """Stages 1..this get no gradient for the branches in use."""
+        if not self.detach_below_split:
+            return self.base_detach_stage
+        return min(self.base_detach_stage, min(k for k, _ in self.branches))
+
+    def set_detach(self) -> None:
+        """Freeze stages 1..effective_detach_stage() and unfreeze the rest, so the optimizer
+        built after a progressive stage's setup holds exactly the blocks that stage trains."""
+        self.detach_stage = d = self.effective_detach_stage()
+        for i, stage in enumerate(self.backbone.stages):
+            for name, p in stage.named_parameters():
+                p.requires_grad_(i >= d and f"stage{i + 1}.{name}" not in self._backbone_frozen)
+
+    def remaining_stride(self, k: int) -> int:
+        """The total stride of stages k+1..4: the stride P must lay the patches out for."""
+        strides = self.backbone.stage_strides()
+        return strides[3] // strides[k - 1]
 
     def run_stages(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """Stages start+1..4 (1-based), the frozen ones without autograd."""
@@ -73,10 +127,12 @@ class PPLNet(CAMModel):
                 x = stage(x)
         return x
 
-    def patch_path(self, feat: torch.Tensor, k: int, grid: int, out_size: tuple[int, int]) -> torch.Tensor:
-        """P -> stages k+1..N on every patch (one batched call) -> M."""
-        patches, info = split_patches(feat, grid, self.pad_mode)
-        return merge_patches(self.run_stages(patches, k), info, out_size)
+    def patch_path(self, feat: torch.Tensor, k: int, grid: int, out_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """P -> stages k+1..N on every patch (one batched call) -> M, cell for cell on the full path's grid."""
+        patches, info = split_patches(feat, grid, self.pad_mode, stride=self.remaining_stride(k))
+        with running_stats_only(self.backbone.stages[k:]):
+            out = self.run_stages(patches, k)
+        return merge_patches(out, info, out_size)
 
     def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """(merged patch features per branch, full-path features)."""
@@ -87,6 +143,7 @@ class PPLNet(CAMModel):
             h = self._stage(h, i)
             if i + 1 in wanted:
                 taps[i + 1] = h
+        # the full path has run (and written the BN statistics) before any branch reads them
         full = h
         merged = []
         for k, g in self.branches:

@@ -13,7 +13,9 @@ def test_merge_inverts_split(shape, grid, pad_mode):
     x = torch.randn(*shape)
     patches, info = split_patches(x, grid, pad_mode)
     b, c, h, w = shape
-    assert patches.shape == (grid * grid * b, c, -(-h // grid), -(-w // grid))
+    # no strided blocks in between (stride 1): every patch is as long as the cells it yields
+    assert patches.shape == (grid * grid * b, c, info.rows.per_patch, info.cols.per_patch)
+    assert info.rows.per_patch >= -(-h // grid) and info.cols.per_patch >= -(-w // grid)
     assert torch.equal(merge_patches(patches, info), x)
 
 
@@ -28,25 +30,32 @@ def test_patches_are_the_grid_cells_in_order():
 
 
 def test_padding_modes():
-    x = torch.ones(1, 1, 3, 3)
-    p, _ = split_patches(x, 2, "zeros")
-    assert p[3, 0, 1, 1] == 0  # bottom-right padded corner
-    p, _ = split_patches(x, 2, "replicate")
+    x = torch.ones(1, 1, 6, 6)  # 4 patches of 2 cells need 8: one padded cell on each side
+    p, info = split_patches(x, 4, "zeros")
+    assert info.rows.pad == info.cols.pad == 1 and p.shape == (16, 1, 2, 2)
+    assert p[0, 0, 0, 0] == 0 and p[15, 0, 1, 1] == 0  # the padded top-left and bottom-right corners
+    assert p[0, 0, 1, 1] == 1
+    p, _ = split_patches(x, 4, "replicate")
     assert torch.all(p == 1)
 
 
 def test_block_on_split_patches_equals_per_patch_by_hand():
     torch.manual_seed(0)
-    block = ResNetBackbone("resnet18", weights="none").stage3.eval()  # a strided block
+    block = ResNetBackbone("resnet18", weights="none").stage3.eval()  # a strided block (stride 2)
     x = torch.randn(2, 128, 12, 10)
     with torch.no_grad():
-        patches, info = split_patches(x, 2)
+        patches, info = split_patches(x, 2, stride=2)
         merged = merge_patches(block(patches), info)
-        assert merged.shape == (2, 256, 6, 6)  # 6x5 patches -> 3x3 each
+        assert merged.shape == block(x).shape == (2, 256, 6, 5)  # the full path's size
+        # rows: 12 cells -> 6 outputs, two patches [0, 6), [6, 12) of 3 outputs each;
+        # columns: 10 cells -> 5 outputs (odd): patches [0, 6), [4, 10) share output 2
+        rows, cols = [(0, 6), (6, 12)], [(0, 6), (4, 10)]
+        by_hand = [[block(x[:, :, r0:r1, c0:c1]) for c0, c1 in cols] for r0, r1 in rows]
         for i in range(2):
-            for j in range(2):
-                cell = x[:, :, i * 6:(i + 1) * 6, j * 5:(j + 1) * 5]
-                torch.testing.assert_close(merged[:, :, i * 3:(i + 1) * 3, j * 3:(j + 1) * 3], block(cell), atol=1e-5, rtol=0)
+            torch.testing.assert_close(merged[:, :, 3 * i:3 * i + 3, :2], by_hand[i][0][..., :2], atol=1e-5, rtol=0)
+            torch.testing.assert_close(merged[:, :, 3 * i:3 * i + 3, 3:], by_hand[i][1][..., 1:], atol=1e-5, rtol=0)
+            shared = (by_hand[i][0][..., 2] + by_hand[i][1][..., 0]) / 2
+            torch.testing.assert_close(merged[:, :, 3 * i:3 * i + 3, 2], shared, atol=1e-5, rtol=0)
 
 
 def _net(arch="resnet18", explicit=False, splits=(1, 2, 3), grids=(2, 2, 2), frozen_bn=True, detach_stage=0, cam_source="concat"):
