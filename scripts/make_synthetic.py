@@ -3,6 +3,7 @@
 
     python scripts/make_synthetic.py --root data/synthetic_voc/VOC2012 [--num-train 100 --num-aug 700 ...]
     python scripts/make_synthetic.py --config configs/demo/demo_synthetic.yaml   # the sizes a config names
+    python scripts/make_synthetic.py --root data/voc_sized/VOC2012 --voc-sizes   # VOC-shaped images (long side 500)
 """
 import argparse
 import json
@@ -23,6 +24,9 @@ def main() -> None:
     p.add_argument("--num-val", type=int, default=100)
     p.add_argument("--num-test", type=int, default=20)
     p.add_argument("--num-classes", type=int, default=5)
+    p.add_argument("--width-range", type=int, nargs=2, metavar=("LO", "HI"), help="non-square images: width drawn in [LO, HI]")
+    p.add_argument("--height-range", type=int, nargs=2, metavar=("LO", "HI"), help="non-square images: height drawn in [LO, HI]")
+    p.add_argument("--voc-sizes", action="store_true", help="roughly VOC 2012's image sizes: long side 500, mostly 500x375")
     p.add_argument("--coco", action="store_true", help="also write a COCO-style copy under <root>/coco")
     p.add_argument("--force", action="store_true", help="write into an existing folder")
     a = p.parse_args()
@@ -35,13 +39,16 @@ def main() -> None:
         s = cfg.data.synthetic
         root = a.root or cfg.data.root
         kw = dict(seed=s.seed, image_size=s.image_size, num_train=s.num_train, num_aug=s.num_aug, num_val=s.num_val,
-                  num_test=s.num_test, num_classes=s.num_classes, write_coco=s.write_coco or a.coco)
+                  num_test=s.num_test, num_classes=s.num_classes, write_coco=s.write_coco or a.coco,
+                  width_range=a.width_range or s.width_range, height_range=a.height_range or s.height_range,
+                  voc_sizes=a.voc_sizes or s.voc_sizes)
     else:
         if not a.root:
             p.error("give --root or --config")
         root = a.root
         kw = dict(seed=a.seed, image_size=a.image_size, num_train=a.num_train, num_aug=a.num_aug, num_val=a.num_val,
-                  num_test=a.num_test, num_classes=a.num_classes, write_coco=a.coco)
+                  num_test=a.num_test, num_classes=a.num_classes, write_coco=a.coco,
+                  width_range=a.width_range, height_range=a.height_range, voc_sizes=a.voc_sizes)
     if (Path(root) / "cls_labels.json").is_file() and not a.force:
         print(f"{root} already holds a dataset (use --force to overwrite)", file=sys.stderr)
         raise SystemExit(1)

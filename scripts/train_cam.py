@@ -4,7 +4,9 @@
     python scripts/train_cam.py --config configs/cam/cam_r50_voc12.yaml [key=value ...]
     torchrun --nproc_per_node=4 scripts/train_cam.py --config ...
 
-Resumes automatically from <work_dir>/checkpoints/last.pth; --no-resume starts over.
+Resumes automatically from <work_dir>/checkpoints/last.pth; --no-resume starts over
+(the work_dir's CAM checkpoints are removed first). Checkpoints trained under another
+config are never resumed: that is an error naming the changed keys.
 """
 from wsss.config import parse_args
 from wsss.stages import run_script, train_cam
@@ -12,13 +14,8 @@ from wsss.stages import run_script, train_cam
 
 def main() -> None:
     cfg, args = parse_args(description=__doc__, extra_args=lambda p: p.add_argument(
-        "--no-resume", action="store_true", help="ignore last.pth and finished phases' checkpoints"))
-    if args.no_resume:
-        from wsss.cam.training import train_cam as train
-
-        print(f"final weights: {train(cfg, resume=False)}")
-        return
-    train_cam(cfg)
+        "--no-resume", action="store_true", help="remove this work_dir's CAM checkpoints and train from the start"))
+    train_cam(cfg, resume=not args.no_resume)
 
 
 if __name__ == "__main__":

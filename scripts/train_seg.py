@@ -4,10 +4,18 @@
     python scripts/train_seg.py --config configs/seg/deeplabv2_r101_voc12.yaml seg.mask_dir=/path/to/masks
     torchrun --nproc_per_node=4 scripts/train_seg.py --config ...
 
-Resumes automatically from <work_dir>/seg/checkpoints/last.pth.
+Resumes automatically from <work_dir>/seg/checkpoints/last.pth; --no-resume starts over
+(checkpoints trained under another config or on other masks are never resumed).
 """
 from wsss.config import parse_args
 from wsss.stages import run_script, train_seg
 
+
+def main() -> None:
+    cfg, args = parse_args(description=__doc__, extra_args=lambda p: p.add_argument(
+        "--no-resume", action="store_true", help="remove this work_dir's DeepLab checkpoints and train from the start"))
+    train_seg(cfg, resume=not args.no_resume)
+
+
 if __name__ == "__main__":
-    run_script(lambda: train_seg(parse_args(description=__doc__)[0]))
+    run_script(main)

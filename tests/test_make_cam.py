@@ -94,7 +94,10 @@ def test_high_res_equals_the_reference_loop(trained_model, mode):
             assert z["keys"].dtype == np.int16 and set(z.files) == {"keys", "high_res"}
 
 
-def test_batching_images_is_exact_and_rerun_skips(trained_model, tmp_path):
+def test_batching_images_is_exact_and_rerun_skips(trained_model, tmp_path, monkeypatch):
+    import wsss.cam.make as make
+
+    monkeypatch.setattr(make, "BATCH_ON_CPU", True)  # batching is for CUDA; its path checked here
     cfg, model = trained_model
     cfg.cam.save_strided = True
     cfg.cam.images_per_batch = 1

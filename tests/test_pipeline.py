@@ -1,5 +1,6 @@
 """run_pipeline end to end on tiny synthetic data: the demo config's full chain, an
-interrupted run that resumes, stage skipping and forcing, and the summary files."""
+interrupted run that resumes, stage skipping and forcing, the summary files, and the
+README's ablation sequence (no number made under one config in another's summary)."""
 import json
 import os
 import re
@@ -68,3 +69,106 @@ def test_pipeline_interrupted_resumed_skipped_and_summarised(tiny_root, tmp_path
     assert out.count("finished earlier") == 7
     out = _run(_cmd(tiny_root, work, "--force", "eval_cam", "--stages", "eval_cam,eval_pseudo"))
     assert "[pipeline] eval_cam ..." in out and "eval_pseudo: finished earlier" in out
+
+
+ABLATION = "train_cam,make_cam,eval_cam,make_pseudo,eval_pseudo"
+
+
+def _ablation_overrides(root, work, *extra):
+    o = tiny_overrides(root, work, **{"train.max_steps": 1, "cam.split": "train", "pseudo.split": "train",
+                                      "pipeline.visualize_ids": 1})
+    return [*o, f"ppl.stages={PPL_STAGES}", *extra]
+
+
+def _pipeline_cmd(root, work, *extra):
+    return [sys.executable, str(REPO / "scripts/run_pipeline.py"), "--config", str(CONFIGS / "demo/demo_synthetic.yaml"),
+            *_ablation_overrides(root, work), *extra]
+
+
+def _in_process(root, work, *overrides, stages=ABLATION, **kw):
+    """run_pipeline in this process (the script minus its start-up); the lock is given back after."""
+    from wsss.config import load_config
+    from wsss.pipeline import run_pipeline
+    from wsss.workdir import release_all
+
+    cfg = load_config(CONFIGS / "demo/demo_synthetic.yaml", _ablation_overrides(root, work, *overrides))
+    try:
+        return run_pipeline(cfg, stages.split(","), **kw)
+    finally:
+        release_all()
+
+
+def _read(path):
+    return json.loads(path.read_text())
+
+
+@pytest.mark.slow
+def test_readme_ablation_sequence_never_reports_old_numbers(tiny_root, tmp_path, capsys):
+    """The README's ablation: a config, then the same config with changed keys. In the same
+    work_dir it is refused and nothing is rewritten; in its own work_dir it gives its own
+    numbers; --redo-from replaces a stage and everything after it; a summary never holds a
+    number made under another config."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    # 1) the first experiment, published with the machine and the commit
+    _in_process(tiny_root, a, results=str(tmp_path / "demo.json"))
+    summary = (a / "metrics" / "summary.json").read_bytes()
+    s = json.loads(summary)
+    cam = _read(a / "metrics" / "cam_eval.json")
+    assert s["numbers"]["cam_miou"] == cam["miou"] and s["numbers"]["pseudo_miou_255_as_bg"] == \
+        _read(a / "metrics" / "pseudo_eval.json")["miou_255_as_background"]
+    published = _read(tmp_path / "demo.json")
+    assert published["data"]["numbers"] == s["numbers"] and published["kind"] == "demo"
+    assert published["commit"]["sha"] and published["made_on"]["cores"] and published["made_on"]["torch"]
+
+    # 2) the ablation in the same work_dir: one line naming the keys and the ways out; nothing written
+    before = {p: p.read_bytes() for p in (a / "pipeline").glob("*.json")}
+    proc = subprocess.run(_pipeline_cmd(tiny_root, a, "ppl.restart_schedule=false", "ppl.cam_source=full", "--stages", ABLATION),
+                          capture_output=True, text=True, cwd=REPO, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert re.fullmatch(r"config error: .*/a/checkpoints/made_by\.json: the checkpoints there were made with other "
+                        r"ppl\.cam_source, ppl\.restart_schedule; use another work_dir=DIR for this config, or --redo-from "
+                        r"train_cam to redo train_cam and every stage after it here \(ppl\.cam_source: concat -> full; "
+                        r"ppl\.restart_schedule: true -> false\)", lines[0]), lines[0]
+    assert (a / "metrics" / "summary.json").read_bytes() == summary
+    assert before == {p: p.read_bytes() for p in (a / "pipeline").glob("*.json")}
+
+    # 3) in its own work_dir: its own numbers, stamped with its own config
+    sb = _in_process(tiny_root, b, "ppl.restart_schedule=false", "ppl.cam_source=full")
+    cam_b = _read(b / "metrics" / "cam_eval.json")
+    assert _read(b / "metrics" / "summary.json")["numbers"] == sb["numbers"] and sb["numbers"]["cam_miou"] == cam_b["miou"]
+    assert cam_b["config"]["ppl"]["cam_source"] == "full"
+    assert cam_b["provenance"]["fingerprint"]["inputs"]["cams"]["ppl"]["cam_source"] == "full"
+    assert all(sb["fingerprints"][st] != s["fingerprints"][st] for st in ABLATION.split(","))
+
+    # 4) an evaluation setting: the evaluation runs again, the rest is skipped
+    capsys.readouterr()
+    s4 = _in_process(tiny_root, a, "eval_cam.threshold_step=0.05", stages="eval_cam")
+    assert "eval_cam: finished earlier under another config (eval_cam.threshold_step: 0.01 -> 0.05); evaluating again" \
+        in capsys.readouterr().out
+    cam4 = _read(a / "metrics" / "cam_eval.json")
+    assert len(cam4["curve"]) == 12 and s4["numbers"]["cam_miou"] == cam4["miou"]
+    assert s4["numbers"]["pseudo_miou_255_as_bg"] == s["numbers"]["pseudo_miou_255_as_bg"]  # its config: unchanged
+
+    # 5) a key of a stage this run does not rerun: that stage's numbers are left out of the summary
+    s5 = _in_process(tiny_root, a, "eval_cam.threshold_step=0.05", "pseudo.fg_thres=0.4", stages="eval_cam")
+    assert set(s5["left_out"]) == {"make_pseudo", "eval_pseudo"} and "pseudo_miou_255_as_bg" not in s5["numbers"]
+    assert "Left out, finished under another config (run them again): make_pseudo, eval_pseudo" in \
+        (a / "metrics" / "summary.md").read_text()
+
+    # 6) a make_cam key: refused; --redo-from make_cam removes make_cam's outputs and every later
+    #    stage's, then runs under the new config (train_cam is kept)
+    from wsss.fingerprint import StaleOutputError
+
+    with pytest.raises(StaleOutputError, match=r"cams/made_by\.json: .* --redo-from make_cam .*\(cam\.scales: \[1\.0, 0\.5\] -> \[1\.0\]\)"):
+        _in_process(tiny_root, a, "cam.scales=[1.0]")
+    weights = (a / "checkpoints" / "final.pth").stat().st_mtime_ns
+    out = _run(_pipeline_cmd(tiny_root, a, "cam.scales=[1.0]", "--redo-from", "make_cam", "--stages", "make_cam,eval_cam"))
+    assert "--redo-from make_cam: removed what make_cam, eval_cam, make_pseudo, eval_pseudo, train_seg, eval_seg had made" in out
+    assert "(12 computed on rank 0" in out and (a / "checkpoints" / "final.pth").stat().st_mtime_ns == weights
+    s6 = _read(a / "metrics" / "summary.json")
+    assert s6["seconds"]["train_cam"] == s["seconds"]["train_cam"]
+    assert s6["numbers"]["cam_miou"] == _read(a / "metrics" / "cam_eval.json")["miou"]
+    assert not any(k.startswith("pseudo") for k in s6["numbers"]) and not list((a / "pseudo").glob("*.png"))
+    assert sorted(p.stem for p in (a / "pipeline").glob("*.json")) == ["eval_cam", "make_cam", "train_cam"]
+    assert _read(a / "cams" / "made_by.json")["scales"] == [1.0]

@@ -26,10 +26,17 @@ def per_class_rows(result: dict) -> list[list]:
             for name in result["iou"]]
 
 
+def provenance_of(cfg: Config) -> dict:
+    """The fingerprint of the stage that is running (wsss.provenance.stamp), for metric files."""
+    p = cfg.__dict__.get("_provenance")
+    return {"provenance": p} if p else {}
+
+
 def save_metrics(cfg: Config, name: str, data: dict, markdown: str) -> tuple[Path, Path]:
-    """Write ``<work_dir>/metrics/<name>.json`` (with the config) and ``.md``."""
+    """Write ``<work_dir>/metrics/<name>.json`` (with the running stage's fingerprint and the
+    config) and ``.md``."""
     d = Path(cfg.work_dir) / "metrics"
     j, m = d / f"{name}.json", d / f"{name}.md"
-    atomic_write_json(j, {**data, "config": to_dict(cfg)})
+    atomic_write_json(j, {**data, **provenance_of(cfg), "config": to_dict(cfg)})
     atomic_write_text(m, markdown)
     return j, m

@@ -1,13 +1,17 @@
 """One function per pipeline stage: what the thin scripts and run_pipeline call.
 
-Each takes the resolved config, does its work (skipping what is finished),
-prints what a user quotes, saves it under ``<work_dir>/metrics`` and returns it.
+Each takes the resolved config, holds the work_dir lock (wsss.workdir), checks that what
+it reads and what it would add to was made under this config (wsss.provenance), does its
+work (skipping what is finished), prints what a user quotes, saves it under
+``<work_dir>/metrics`` and returns it.
 """
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Callable
 
+from wsss import provenance
 from wsss.config import Config, ConfigError, save_config
 from wsss.data.labels import ImageLabels
 from wsss.engine.distributed import barrier, get_world_size, is_main
@@ -16,36 +20,58 @@ from wsss.registry import cam_sources
 from wsss.reporting import fmt, md_table, per_class_rows, save_metrics
 
 
-def _prepare(cfg: Config):
+def _enter(cfg: Config):
+    """The work_dir lock (before anything is written), then the runtime and the data."""
     from wsss.data.synthetic import ensure_data
     from wsss.engine.trainer import setup_runtime
+    from wsss.workdir import claim
 
+    claim(cfg.work_dir)
     device = setup_runtime(cfg)
     ensure_data(cfg)
+    return device
+
+
+def _prepare(cfg: Config, stage: str, redo: bool = False):
+    """Lock, runtime, data, then the stage's provenance checks (wsss.provenance); the
+    resolved config is saved only once they passed, so a refused run changes nothing."""
+    device = _enter(cfg)
+    provenance.begin(cfg, stage, redo)
     if is_main():
         save_config(cfg)
     return device
 
 
-def train_cam(cfg: Config) -> dict:
+def train_cam(cfg: Config, resume: bool = True) -> dict:
+    """``resume=False`` starts over: this work_dir's CAM checkpoints (and what the method's
+    training wrote beside them) are removed first."""
     from wsss.cam.training import train_cam as _train
 
-    path = _train(cfg)
+    _prepare(cfg, "train_cam", redo=not resume)
+    path = _train(cfg, resume=resume)
+    provenance.settle(cfg, "train_cam")
     return {"checkpoint": str(path)}
 
 
-def make_cam(cfg: Config) -> dict:
-    from wsss.cam.make import make_cams
+def make_cam(cfg: Config, split: str | None = None) -> dict:
+    from wsss.cam.make import make_cams, stale_cam_dir
     from wsss.cam.training import load_cam_model
 
-    device = _prepare(cfg)
+    device = _enter(cfg)
+    provenance.begin(cfg, "make_cam")
     model = load_cam_model(cfg, cfg.cam.checkpoint, device)
+    err = stale_cam_dir(cfg, model, cfg.cam.out_dir)  # before config.yaml is rewritten
+    if err is not None and not cfg.cam.redo:
+        raise err
+    if is_main():
+        save_config(cfg)
     if cfg.runtime.channels_last:
         import torch
 
         model.to(memory_format=torch.channels_last)
-    summary = make_cams(cfg, model, device, reuse_from=cam_sources(cfg))
+    summary = make_cams(cfg, model, device, split=split, reuse_from=cam_sources(cfg))
     barrier()
+    provenance.stamp(cfg, "make_cam", provenance.recorded(cfg, "make_cam"))  # the CAMs' record, for make_cam.json
     if is_main():
         summary["ranks"] = get_world_size()
         save_metrics(cfg, "make_cam", summary, md_table(
@@ -60,16 +86,40 @@ def make_cam(cfg: Config) -> dict:
 def eval_cam(cfg: Config) -> dict:
     from wsss.cam.evaluate import evaluate_cams
 
-    _prepare(cfg)
+    _prepare(cfg, "eval_cam")
     if not is_main():
         return {}
     return evaluate_cams(cfg)
 
 
+def _missing_cams(cfg: Config) -> list[str]:
+    """Ids make_pseudo will read whose CAM file is not there (every rank sees the same list)."""
+    from wsss.cam.files import cam_path
+    from wsss.data.voc import VOCLayout
+
+    p = cfg.pseudo
+    ids = VOCLayout(cfg.data.root).read_split(p.split)
+    todo = ids if p.redo else [i for i in ids if not (Path(p.out_dir) / f"{i}.png").is_file()]
+    return [i for i in todo if not cam_path(p.cam_dir, i).is_file()]
+
+
 def make_pseudo(cfg: Config) -> dict:
+    """Pseudo masks; when CAMs of this experiment are missing and its weights are there,
+    make_cam makes them first (same code, same checks)."""
     from wsss.pseudo.make import make_pseudo_masks
 
-    _prepare(cfg)
+    _prepare(cfg, "make_pseudo", redo=cfg.pseudo.redo)
+    missing = _missing_cams(cfg)
+    own = Path(cfg.pseudo.cam_dir).resolve() == Path(cfg.cam.out_dir).resolve()
+    if missing and own and Path(cfg.cam.checkpoint).is_file():
+        if is_main():
+            print(f"make_pseudo: {len(missing)} CAM files of split {cfg.pseudo.split} are not in {cfg.cam.out_dir}; "
+                  f"making them first from {cfg.cam.checkpoint} (make_cam)", flush=True)
+        make_cam(cfg, split=cfg.pseudo.split)
+        provenance.begin(cfg, "make_pseudo", redo=False)  # the CAMs now match the record written above
+    elif missing and own:
+        raise DataError(f"{Path(cfg.cam.out_dir) / (missing[0] + '.npz')}: CAM file not found ({len(missing)} of split "
+                        f"{cfg.pseudo.split} missing), and no weights to make them: {cfg.cam.checkpoint} not found (run train_cam first)")
     summary = make_pseudo_masks(cfg)  # each rank's worker pool takes its share of the ids
     barrier()
     if not is_main():
@@ -84,7 +134,7 @@ def make_pseudo(cfg: Config) -> dict:
 def eval_pseudo(cfg: Config) -> dict:
     from wsss.pseudo.make import evaluate_masks
 
-    _prepare(cfg)
+    _prepare(cfg, "eval_pseudo")
     p = cfg.pseudo
     if not is_main() or not p.eval_split:
         return {}
@@ -103,24 +153,28 @@ def eval_pseudo(cfg: Config) -> dict:
     return r
 
 
-def train_seg(cfg: Config) -> dict:
+def train_seg(cfg: Config, resume: bool = True) -> dict:
+    """``resume=False`` starts over: this work_dir's DeepLab checkpoints are removed first."""
     from wsss.seg.training import train_seg as _train
 
-    path = _train(cfg)
+    _prepare(cfg, "train_seg", redo=not resume)
+    path = _train(cfg, resume=resume)
+    provenance.settle(cfg, "train_seg")
     return {"checkpoint": str(path)}
 
 
 def eval_seg(cfg: Config) -> dict:
     from wsss.seg.evaluate import evaluate_seg
 
-    device = _prepare(cfg)
+    device = _prepare(cfg, "eval_seg")
     return evaluate_seg(cfg, device)
 
 
 def visualize(cfg: Config, n: int | None = None, ids: list[str] | None = None) -> list[str]:
+    """Panels of whatever CAMs and masks are there (pictures, no numbers: no provenance check)."""
     from wsss.visualize import write_panels
 
-    _prepare(cfg)
+    _enter(cfg)
     if not is_main():
         return []
     return write_panels(cfg, n=n, ids=ids)
@@ -151,13 +205,14 @@ def run_script(fn: Callable[[], object]) -> None:
     from wsss.engine.checkpoint import CheckpointError
     from wsss.engine.trainer import NonFiniteLossError
     from wsss.models.backbones import WeightsError
+    from wsss.workdir import WorkDirBusy, release_all
 
     try:
         fn()
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except (DataError, WeightsError, CheckpointError, NonFiniteLossError, FileExistsError) as e:
+    except (DataError, WeightsError, CheckpointError, NonFiniteLossError, FileExistsError, WorkDirBusy) as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
@@ -167,4 +222,5 @@ def run_script(fn: Callable[[], object]) -> None:
         from wsss.engine.distributed import cleanup_distributed
 
         cleanup_distributed()
+        release_all()
 

@@ -14,15 +14,18 @@ from torch.utils.data import DataLoader
 
 from wsss.cam.files import cam_path, save_cam
 from wsss.cam.inference import multiscale_cam, normalize_cams
-from wsss.config import Config, to_dict
+from wsss.config import Config
 from wsss.data.datasets import InferenceDataset, collate_single
 from wsss.data.labels import ImageLabels
 from wsss.data.voc import VOCLayout
 from wsss.engine.checkpoint import unwrap
-from wsss.engine.distributed import get_rank, get_world_size
-from wsss.fileio import DataError, atomic_path, atomic_write_json, read_json, remove_stale_temps
+from wsss.engine.distributed import barrier, get_rank, get_world_size
+from wsss.fileio import atomic_path, atomic_write_json, read_json, remove_stale_temps
+from wsss.fingerprint import StaleOutputError, cam_settings, changed
+from wsss.parallel import retain_freed_memory
 
 MADE_BY = "made_by.json"  # in every CAM folder: the weights and settings its files come from
+BATCH_ON_CPU = False  # cam.images_per_batch applies on CUDA (tests switch it on to check batching on the CPU)
 
 
 def pending_ids(ids: list[str], out_dir: str | Path, redo: bool = False) -> list[str]:
@@ -53,24 +56,42 @@ class _Batcher:
         return out or None
 
 
-def cam_fingerprint(cfg: Config, model: torch.nn.Module) -> dict:
-    """What a CAM file depends on: a hash of the weights, the architecture and the inference settings."""
+def state_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's tensors (names and bytes), whatever its device or memory format."""
     h = hashlib.sha256()
     for k, v in sorted(unwrap(model).state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    c = cfg.cam
-    # not the data root or the initial weights' path: moving either must not invalidate finished CAMs
-    model_cfg = {k: v for k, v in to_dict(cfg.model).items() if k != "weights"}
-    fp = {"weights_sha256": h.hexdigest(), "model": model_cfg,
-          "scales": c.scales, "flip": c.flip, "resize_mode": c.resize_mode, "dtype": c.dtype, "save_strided": c.save_strided,
-          "strided_stride": c.strided_stride, "mean": cfg.train.aug.mean, "std": cfg.train.aug.std, "amp": cfg.runtime.amp}
-    return json.loads(json.dumps(fp))
+    return h.hexdigest()
+
+
+def cam_fingerprint(cfg: Config, model: torch.nn.Module) -> dict:
+    """What a CAM file depends on: a hash of the weights and every setting that changes a CAM
+    value (wsss.fingerprint: the cam section, the model and method sections, the
+    normalisation, AMP). Not the data root or the initial weights' path: moving either must
+    not invalidate finished CAMs."""
+    return json.loads(json.dumps({"weights_sha256": state_sha256(model), **cam_settings(cfg)}))
 
 
 def _made_by(directory: Path) -> dict | None:
     f = directory / MADE_BY
     return read_json(f) if f.is_file() else None
+
+
+def _stale(cfg: Config, out_dir: Path, fp: dict, before: dict | None) -> StaleOutputError | None:
+    """The error for a folder whose finished CAMs were made by other weights or settings
+    (or whose files have no record), or None."""
+    finished = any(not p.name.startswith(".") for p in out_dir.glob("*.npz"))
+    unrecorded = before is None and finished
+    if not finished or (before is not None and not changed(before, fp)):
+        return None  # nothing made under another record: the record is simply replaced
+    return StaleOutputError("make_cam", str(out_dir / MADE_BY), changed(before, fp), "CAMs",
+                            note="no made_by.json beside them" if unrecorded else "")
+
+
+def stale_cam_dir(cfg: Config, model: torch.nn.Module, out_dir: str | Path) -> StaleOutputError | None:
+    """What make_cams would refuse in ``out_dir`` without cam.redo (checked before anything is written)."""
+    return _stale(cfg, Path(out_dir), cam_fingerprint(cfg, model), _made_by(Path(out_dir)))
 
 
 def link_cams(src: Path, out_dir: Path, ids: list[str]) -> int:
@@ -108,10 +129,18 @@ def make_cams(cfg: Config, model: torch.nn.Module, device: torch.device, split: 
     rank, world = get_rank(), get_world_size()
     fp = cam_fingerprint(cfg, model)
     before = _made_by(out_dir)
-    if before is not None and before != fp and not redo:
-        changed = sorted(k for k in set(fp) | set(before) if fp.get(k) != before.get(k))
-        raise DataError(f"{out_dir / MADE_BY}: the CAMs there were made with other {', '.join(changed)}; "
-                        "set cam.redo=true (or another cam.out_dir) to make them again")
+    stale = _stale(cfg, out_dir, fp, before)
+    barrier()  # every rank has read the old record before rank 0 replaces it
+    if stale is not None:
+        if not redo:
+            raise stale
+        # files made by other weights or settings go before the new record is written, so a
+        # killed redo never leaves them under it
+        if rank == 0:
+            for p in out_dir.glob("*.npz"):
+                p.unlink(missing_ok=True)
+            (out_dir / MADE_BY).unlink(missing_ok=True)
+        barrier()
     out_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0 and before != fp:
         atomic_write_json(out_dir / MADE_BY, fp)
@@ -135,7 +164,10 @@ def make_cams(cfg: Config, model: torch.nn.Module, device: torch.device, split: 
     if cfg.runtime.amp != "none":
         dtype = torch.bfloat16 if cfg.runtime.amp == "bf16" else torch.float16
         autocast = lambda: torch.autocast(device_type=device.type, dtype=dtype)  # noqa: E731
-    batcher = _Batcher(c.images_per_batch)
+    # On the CPU a batch of one image and its flip already keeps the cores busy: batching
+    # equal-sized images gives the same values (bit for bit) at no gain in speed, and
+    # multiplies the activations held at once (a 4-image batch at scale 2: ~4x the memory).
+    batcher = _Batcher(c.images_per_batch if device.type == "cuda" or BATCH_ON_CPU else 1)
     bar = None
     show = cfg.runtime.progress if progress is None else progress
     if show and rank == 0:
@@ -150,19 +182,21 @@ def make_cams(cfg: Config, model: torch.nn.Module, device: torch.device, split: 
         if cfg.runtime.channels_last:
             inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
         h, w = group[0]["image"].shape[:2]
+        keys = [np.nonzero(g["label"])[0] for g in group]
+        # only the image's classes are upsampled and summed (the others are never saved)
         high, strided = multiscale_cam(model, inputs, (h, w), flip=c.flip,
-                                       strided_stride=c.strided_stride if c.save_strided else 0, autocast=autocast)
+                                       strided_stride=c.strided_stride if c.save_strided else 0, autocast=autocast,
+                                       keys=[torch.from_numpy(k).to(device) for k in keys])
         for n, g in enumerate(group):
-            keys = np.nonzero(g["label"])[0]
-            kt = torch.from_numpy(keys).to(device)
-            hr = normalize_cams(high[n, kt]).cpu().numpy()
-            st = normalize_cams(strided[n, kt]).cpu().numpy() if strided is not None else None
-            save_cam(cam_path(out_dir, g["id"]), keys, hr, st, dtype=c.dtype)
+            hr = normalize_cams(high[n]).cpu().numpy()
+            st = normalize_cams(strided[n]).cpu().numpy() if strided is not None else None
+            save_cam(cam_path(out_dir, g["id"]), keys[n], hr, st, dtype=c.dtype)
         done_times.append((len(group), time.perf_counter()))
         if bar is not None:
             bar.update(len(group))
 
-    with torch.inference_mode():
+    # freed activations stay in the heap for the next image (no page faults; values unchanged)
+    with torch.inference_mode(), retain_freed_memory():
         for sample in loader:
             group = batcher.add(sample)
             if group:

@@ -33,6 +33,7 @@ from wsss.engine.distributed import get_rank, get_world_size, init_distributed, 
 from wsss.engine.optim import build_poly, build_sgd
 from wsss.engine.sampler import ResumableSampler
 from wsss.fileio import atomic_write_json, remove_stale_temps
+from wsss.parallel import retain_freed_memory
 
 
 class NonFiniteLossError(RuntimeError):
@@ -251,6 +252,13 @@ def _barrier() -> None:
 
 
 def train_phase(model: nn.Module, phase: Phase, ctx: TrainContext, state: dict | None, last_path: Path) -> dict:
+    # Each step frees and reallocates the same large activations; kept in the heap, they
+    # come back without page faults (the values are unchanged, see retain_freed_memory).
+    with retain_freed_memory():
+        return _train_phase(model, phase, ctx, state, last_path)
+
+
+def _train_phase(model: nn.Module, phase: Phase, ctx: TrainContext, state: dict | None, last_path: Path) -> dict:
     cfg, sched, device = ctx.cfg, phase.schedule, ctx.device
     dataset = phase.build_dataset(ctx)
     if sched.batch_size % ctx.world_size:
@@ -390,7 +398,9 @@ def train_phase(model: nn.Module, phase: Phase, ctx: TrainContext, state: dict |
     ctx.log(f"[{phase.name}] done: {total} steps, {summary['images_per_s_this_run']:.1f} images/s, {seconds:.1f} s")
     if ctx.is_main:
         saved = {k: v for k, v in summary.items() if k != "step_end_times"}
-        atomic_write_json(ctx.metrics_dir / f"train_{phase.name}.json", {**saved, "config": to_dict(cfg)})
+        from wsss.reporting import provenance_of
+
+        atomic_write_json(ctx.metrics_dir / f"train_{phase.name}.json", {**saved, **provenance_of(cfg), "config": to_dict(cfg)})
     return summary
 
 

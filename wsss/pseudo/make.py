@@ -87,7 +87,9 @@ def make_pseudo_masks(cfg: Config, split: str | None = None, cam_dir: str | Path
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), desc="make_pseudo", dynamic_ncols=True)
-    for _ in imap_unordered(fn, todo, workers, chunksize=2):
+    # one image per task: a CRF takes a second, so the hand-out costs nothing and the pool's
+    # last images spread over every worker instead of queueing behind one chunk
+    for _ in imap_unordered(fn, todo, workers, chunksize=1):
         if bar is not None:
             bar.update(1)
     if bar is not None:

@@ -1,0 +1,519 @@
+"""Our stages side by side with plain loops of the reference procedure (scripts/benchmark_reference.py).
+
+The reference side is :mod:`wsss.reference_loops`: IRN's / GSLM's make_cam, train_cam and
+make_pseudo written from their definitions, one image at a time, with none of our
+batching, caching or data path. Both sides run on the same VOC-sized synthetic images
+(``voc_sizes``: long side 500, mostly 500x375), the same ResNet-50 weights and the same
+thread count, each stage as a fresh process timed from start to exit (imports, model
+load and pool start included), in interleaved pairs whose order alternates. A ratio is
+reference time / our time (above 1: we are faster); every pair gives one and the
+report shows their median and range.
+
+The same run checks that the work is the same: the CAM files of both sides agree
+(largest absolute difference) and the pseudo masks are pixel-identical. It also
+measures how our stages grow with the image count (time and peak memory at N and 2N).
+
+This module measures and returns dicts; writing them (JSON, Markdown) is the script's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "cam" / "cam_r50_voc12.yaml"
+RESULT_TAG = "BENCHMARK_RESULT "
+TRAIN_LR = 0.001
+
+
+@dataclass
+class Settings:
+    data_root: str = "data/benchmark_voc_sized/VOC2012"
+    out: str = "work_dirs/benchmark_reference"
+    backbone: str = "resnet50"
+    stages: list[str] = field(default_factory=lambda: ["make_cam", "train_cam", "make_pseudo"])
+    repeats: int = 3
+    cam_images: int = 8
+    cam_workers: int = 1  # loader workers, both sides
+    scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
+    train_images: int = 16
+    train_batch: int = 4
+    train_crop: int = 512
+    train_workers: int = 2
+    pseudo_images: int = 32
+    pseudo_workers: list[int] = field(default_factory=lambda: [1, 2])
+    scaling: bool = True  # our make_cam and make_pseudo at N and 2N images
+    ours_extra: list[str] = field(default_factory=list)  # config overrides for our side (e.g. runtime.channels_last=true)
+    before: bool = False  # make_cam also as our loop was before these changes (see _child_make_cam_before)
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------
+# data, weights, CAM files for make_pseudo
+# --------------------------------------------------------------------------
+def _ids(s: Settings, n: int, offset: int = 0) -> list[str]:
+    from wsss.data.voc import VOCLayout
+
+    ids = VOCLayout(s.data_root).read_split("train_aug")
+    if len(ids) < offset + n:
+        raise ValueError(f"{s.data_root}: {len(ids)} images, the benchmark needs {offset + n} (remove the folder to regenerate)")
+    return ids[offset:offset + n]
+
+
+def prepare(s: Settings) -> dict:
+    """The VOC-sized dataset (generated once), the split files, the shared weights."""
+    import torch
+
+    from wsss.data.synthetic import generate_synthetic_voc
+    from wsss.data.voc import VOCLayout
+    from wsss.fileio import write_id_list
+
+    root = Path(s.data_root)
+    k = 2 if s.scaling else 1
+    counts = {"cam": s.cam_images if "make_cam" in s.stages or s.scaling else 0, "cam_2x": k * s.cam_images if s.scaling else 0,
+              "train": s.train_images if "train_cam" in s.stages else 0,
+              "pseudo": s.pseudo_images if "make_pseudo" in s.stages or s.scaling else 0,
+              "pseudo_2x": 2 * s.pseudo_images if s.scaling else 0}
+    need = max(counts.values())
+    if not (root / "cls_labels.json").is_file():
+        n = max(need, 64)  # the default settings' largest need: one dataset serves every run
+        print(f"generating {n} VOC-sized synthetic images in {root} ...", flush=True)
+        generate_synthetic_voc(root, seed=s.seed, num_train=n, num_aug=0, num_val=4, num_test=1, num_classes=20,
+                               voc_sizes=True)
+    layout = VOCLayout(root)
+    splits = {name: _ids(s, n) if n else [] for name, n in counts.items()}
+    for name, ids in splits.items():
+        if ids:
+            write_id_list(layout.split_file(f"bench_{name}"), ids)
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / f"weights_{s.backbone}.pth"
+    if not weights.is_file():
+        from wsss.cam.training import build_cam_model
+
+        torch.manual_seed(s.seed)
+        model = build_cam_model(_config(s, out / "tmp", []), pretrained=False)
+        torch.save(model.state_dict(), weights)
+    return {"weights": str(weights), "splits": {k: len(v) for k, v in splits.items()}}
+
+
+def _config(s: Settings, work: Path, extra: list[str]):
+    from wsss.config import load_config
+
+    o = [f"data.root={s.data_root}", f"work_dir={work}", f"model.backbone={s.backbone}", "model.weights=none",
+         "runtime.progress=false", "runtime.tensorboard=false", f"seed={s.seed}"]
+    return load_config(CONFIG, o + list(extra))
+
+
+def _multi_hot(s: Settings, ids: list[str]) -> dict[str, np.ndarray]:
+    from wsss.data.labels import ImageLabels
+
+    labels = ImageLabels.load(Path(s.data_root) / "cls_labels.json", 20)
+    return {i: labels.multi_hot(i) for i in ids}
+
+
+def pseudo_cams(s: Settings, split: str) -> tuple[str, str]:
+    """CAM files for make_pseudo, in both formats, made once: ResNet-18 at scale 1 (the
+    CRF's cost does not depend on the network that made the maps). The reference's copy
+    holds the same arrays in its own file format (a pickled dict per image)."""
+    import torch
+
+    from wsss.cam.files import cam_path, load_cam
+    from wsss.cam.make import make_cams
+    from wsss.cam.training import build_cam_model
+    from wsss.data.voc import VOCLayout
+
+    base = Path(s.out) / "pseudo_cams"
+    ours, ref = base / split / "ours", base / split / "ref"
+    ids = VOCLayout(s.data_root).read_split(f"bench_{split}")
+    if ref.is_dir() and len(list(ref.glob("*.npy"))) == len(ids):
+        return str(ours), str(ref)
+    cfg = _config(s, base, ["model.backbone=resnet18", "cam.scales=[1.0]", "cam.workers=0", f"cam.out_dir={ours}",
+                             "cam.redo=true"])
+    torch.manual_seed(s.seed)
+    make_cams(cfg, build_cam_model(cfg, pretrained=False).eval(), torch.device("cpu"), split=f"bench_{split}",
+              out_dir=ours, redo=True, progress=False)
+    ref.mkdir(parents=True, exist_ok=True)
+    for i in ids:
+        d = load_cam(cam_path(ours, i))
+        np.save(ref / f"{i}.npy", {"keys": d["keys"], "high_res": d["high_res"]})
+    return str(ours), str(ref)
+
+
+# --------------------------------------------------------------------------
+# one stage, one side, in a process of its own
+# --------------------------------------------------------------------------
+def run_child(kind: str, spec: dict, log_dir: Path) -> dict:
+    """Run ``kind`` in a fresh Python process; wall time from start to exit, its CPU times and
+    peak RSS (the process and the workers it reaped), and what it reported."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    spec_file = log_dir / f"{kind}.json"
+    spec_file.write_text(json.dumps(spec))
+    log = log_dir / f"{kind}.log"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with open(log, "w") as f:
+        t0 = time.perf_counter()
+        p = subprocess.Popen([sys.executable, "-m", "wsss.benchmark_reference", kind, str(spec_file)], cwd=REPO,
+                             stdout=f, stderr=subprocess.STDOUT, env=env)
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    text = log.read_text()
+    if p.returncode != 0:
+        raise RuntimeError(f"benchmark step {kind} failed (exit {p.returncode}); its log {log}:\n{text[-3000:]}")
+    reported = {}
+    for line in text.splitlines():
+        if line.startswith(RESULT_TAG):
+            reported = json.loads(line[len(RESULT_TAG):])
+    return {"wall_s": wall, "user_s": ru.ru_utime, "sys_s": ru.ru_stime, "peak_rss_mib": ru.ru_maxrss / 1024.0,
+            "reported": reported}
+
+
+def _child_make_cam(spec: dict, ours: bool) -> dict:
+    import torch
+
+    s = Settings(**spec["settings"])
+    ids = _ids(s, spec["images"])
+    out = Path(spec["out_dir"])
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = _config(s, Path(spec["work"]), [f"cam.scales={json.dumps(s.scales)}", f"cam.workers={s.cam_workers}",
+                                          f"cam.checkpoint={spec['weights']}", f"cam.out_dir={out}", "cam.save_strided=true",
+                                          "cam.redo=true"] + (s.ours_extra if ours else []))
+    if ours:
+        from wsss.cam.make import make_cams
+        from wsss.cam.training import load_cam_model
+
+        model = load_cam_model(cfg, cfg.cam.checkpoint, torch.device("cpu"))
+        if cfg.runtime.channels_last:  # as the make_cam stage does
+            model.to(memory_format=torch.channels_last)
+        r = make_cams(cfg, model, torch.device("cpu"), split=spec["split"], out_dir=out, redo=True, progress=False)
+        return {"threads": torch.get_num_threads(), "steady_images_per_s": r.get("steady_images_per_s")}
+    from wsss.cam.training import build_cam_model
+    from wsss.reference_loops import make_cam
+
+    model = build_cam_model(cfg, pretrained=False)
+    model.load_state_dict(torch.load(spec["weights"], map_location="cpu"))
+    make_cam(model, s.data_root, ids, _multi_hot(s, ids), out, scales=s.scales, workers=s.cam_workers)
+    return {"threads": torch.get_num_threads()}
+
+
+def _child_train_cam(spec: dict, ours: bool) -> dict:
+    import torch
+
+    s = Settings(**spec["settings"])
+    ids = _ids(s, s.train_images)
+    work = Path(spec["work"])
+    shutil.rmtree(work, ignore_errors=True)
+    # lr: from random weights the recipe's 0.1 diverges within a few steps (timing is the same)
+    extra = ["train.epochs=1", f"train.batch_size={s.train_batch}", f"train.workers={s.train_workers}", f"train.lr={TRAIN_LR}",
+             f"train.aug.crop_size={s.train_crop}", "data.train_split=bench_train", "train.vis_interval=0",
+             "train.ckpt_interval=0"]
+    cfg = _config(s, work, extra + (s.ours_extra if ours else []))
+    torch.manual_seed(s.seed)
+    if ours:
+        from wsss.cam.training import train_cam
+
+        train_cam(cfg, resume=False)
+        return {"threads": torch.get_num_threads()}
+    from wsss.cam.training import build_cam_model
+    from wsss.reference_loops import train_cam as ref_train
+
+    work.mkdir(parents=True, exist_ok=True)
+    model = build_cam_model(cfg, pretrained=False)
+    losses = ref_train(model, s.data_root, ids, _multi_hot(s, ids), work / "res50_cam.pth", batch_size=s.train_batch,
+                       epochs=1, lr=TRAIN_LR, workers=s.train_workers, crop_size=s.train_crop)
+    return {"threads": torch.get_num_threads(), "steps": len(losses)}
+
+
+def _child_make_pseudo(spec: dict, ours: bool) -> dict:
+    s = Settings(**spec["settings"])
+    out = Path(spec["out_dir"])
+    shutil.rmtree(out, ignore_errors=True)
+    ids = _ids(s, spec["images"])
+    if ours:
+        from wsss.pseudo.make import make_pseudo_masks
+
+        cfg = _config(s, Path(spec["work"]), [f"pseudo.workers={spec['workers']}"])
+        r = make_pseudo_masks(cfg, cam_dir=spec["cam_dir"], out_dir=out, redo=True, ids=ids, progress=False)
+        return {"images_per_s": r["images_per_s"]}
+    from wsss.reference_loops import make_pseudo
+
+    make_pseudo(s.data_root, ids, spec["cam_dir"], out, workers=spec["workers"])
+    return {}
+
+
+def _child_make_cam_before(spec: dict) -> dict:
+    """Our make_cam as it was before the heap, kept-class and CPU-batching changes, for the
+    record of what they bought: glibc's default heap (large blocks mmap'd and unmapped on
+    every free), equal-sized images batched (cam.images_per_batch) and every class
+    upsampled at full size. The CAM values are the same."""
+    import wsss.cam.make as make
+    import wsss.parallel as parallel
+
+    full = make.multiscale_cam
+
+    def all_classes(model, inputs, out_size, flip=True, strided_stride=0, autocast=None, keys=None):
+        high, strided = full(model, inputs, out_size, flip, strided_stride, autocast)
+        return ([high[n, k] for n, k in enumerate(keys)],
+                [strided[n, k] for n, k in enumerate(keys)] if strided is not None else None)
+
+    parallel._glibc = lambda: None
+    make.BATCH_ON_CPU = True
+    make.multiscale_cam = all_classes
+    return _child_make_cam(spec, True)
+
+
+CHILDREN = {
+    "before_make_cam": _child_make_cam_before,
+    "ref_make_cam": lambda spec: _child_make_cam(spec, False), "ours_make_cam": lambda spec: _child_make_cam(spec, True),
+    "ref_train_cam": lambda spec: _child_train_cam(spec, False), "ours_train_cam": lambda spec: _child_train_cam(spec, True),
+    "ref_make_pseudo": lambda spec: _child_make_pseudo(spec, False),
+    "ours_make_pseudo": lambda spec: _child_make_pseudo(spec, True),
+}
+
+
+def child_main(argv: list[str]) -> None:
+    kind, spec_file = argv
+    result = CHILDREN[kind](json.loads(Path(spec_file).read_text()))
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+# --------------------------------------------------------------------------
+# exactness
+# --------------------------------------------------------------------------
+def compare_cams(ours_dir: str | Path, ref_dir: str | Path) -> dict:
+    """Largest |ours - reference| of the high-res and strided maps over every file; keys equal."""
+    from wsss.cam.files import load_cam
+    from wsss.reference_loops import load_cam_npy
+
+    worst = {"high_res": 0.0, "strided": 0.0}
+    files = sorted(Path(ref_dir).glob("*.npy"))
+    for f in files:
+        ref = load_cam_npy(f)
+        ours = load_cam(Path(ours_dir) / f"{f.stem}.npz")
+        if not np.array_equal(ours["keys"], ref["keys"]):
+            raise AssertionError(f"{f.stem}: keys {ours['keys']} vs reference {ref['keys']}")
+        for k, r in (("high_res", ref["high_res"]), ("strided", np.asarray(ref["cam"]))):
+            if k in ours and r.size:
+                worst[k] = max(worst[k], float(np.abs(ours[k] - r).max()))
+    return {"files": len(files), "max_abs_diff_high_res": worst["high_res"], "max_abs_diff_strided": worst["strided"]}
+
+
+def compare_masks(ours_dir: str | Path, ref_dir: str | Path) -> dict:
+    from wsss.fileio import read_mask
+
+    files = sorted(Path(ref_dir).glob("*.png"))
+    differing = [f.stem for f in files if not np.array_equal(read_mask(f), read_mask(Path(ours_dir) / f.name))]
+    return {"files": len(files), "identical": len(files) - len(differing), "differing_ids": differing}
+
+
+# --------------------------------------------------------------------------
+# interleaved pairs
+# --------------------------------------------------------------------------
+def _summary(pairs: list[dict], base: str = "ref") -> dict:
+    """Ratios of ``base`` (the reference, or our code before these changes) over ours, per pair."""
+    ratios = [p[base]["wall_s"] / p["ours"]["wall_s"] for p in pairs]
+
+    def med(side: str, key: str) -> float:
+        return statistics.median(p[side][key] for p in pairs)
+
+    # CPU time (user + system, the process and its workers): less moved by other load than wall time
+    cpu = [(p[base]["user_s"] + p[base]["sys_s"]) / (p["ours"]["user_s"] + p["ours"]["sys_s"]) for p in pairs]
+    out = {"ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios), "ratios": ratios,
+           "cpu_ratio": statistics.median(cpu), "cpu_ratio_min": min(cpu), "cpu_ratio_max": max(cpu)}
+    for side in (base, "ours"):
+        for key in ("wall_s", "user_s", "sys_s"):
+            out[f"{side}_{key}"] = med(side, key)
+        out[f"{side}_peak_rss_mib"] = max(p[side]["peak_rss_mib"] for p in pairs)
+    return out
+
+
+def _pairs(s: Settings, stage: str, specs: dict[str, dict], tag: str) -> dict:
+    """Every side of ``specs`` ("ref", "ours", optionally "before") once per repeat, the
+    order rotating; the summary of ref / ours, and of before / ours when present."""
+    runs = []
+    logs = Path(s.out) / "logs" / tag
+    sides = list(specs)
+    for r in range(s.repeats):
+        order = sides[r % len(sides):] + sides[:r % len(sides)]
+        if r % 2:
+            order = order[::-1]
+        run = {side: run_child(f"{side}_{stage}", specs[side], logs / f"r{r}") for side in order}
+        runs.append(run)
+        print(f"  {tag} {r + 1}/{s.repeats}: " + ", ".join(f"{k} {v['wall_s']:.1f} s" for k, v in run.items())
+              + f" (reference / ours {run['ref']['wall_s'] / run['ours']['wall_s']:.2f}x)", flush=True)
+    res = {**_summary(runs), "pairs": runs}
+    if "before" in specs:
+        res["before_over_ours"] = _summary(runs, "before")
+    return res
+
+
+def bench_make_cam(s: Settings, prep: dict) -> dict:
+    out = Path(s.out)
+    common = {"settings": asdict(s), "weights": prep["weights"], "images": s.cam_images, "split": "bench_cam"}
+    ref = {**common, "out_dir": str(out / "make_cam" / "ref"), "work": str(out / "make_cam")}
+    ours = {**common, "out_dir": str(out / "make_cam" / "ours"), "work": str(out / "make_cam")}
+    specs = {"ref": ref, "ours": ours}
+    if s.before:
+        specs["before"] = {**ours, "out_dir": str(out / "make_cam" / "before")}
+    res = _pairs(s, "make_cam", specs, "make_cam")
+    res["cams"] = compare_cams(ours["out_dir"], ref["out_dir"])
+    res["ours_steady_s_per_image"] = [1 / p["ours"]["reported"]["steady_images_per_s"] for p in res["pairs"]
+                                      if p["ours"]["reported"].get("steady_images_per_s")]
+    return res
+
+
+def bench_train_cam(s: Settings, prep: dict) -> dict:
+    out = Path(s.out) / "train_cam"
+    common = {"settings": asdict(s)}
+    return _pairs(s, "train_cam", {"ref": {**common, "work": str(out / "ref")}, "ours": {**common, "work": str(out / "ours")}},
+                  "train_cam")
+
+
+def bench_make_pseudo(s: Settings, prep: dict) -> dict:
+    ours_cams, ref_cams = pseudo_cams(s, "pseudo")
+    out = Path(s.out) / "make_pseudo"
+    res = {}
+    for w in s.pseudo_workers:
+        common = {"settings": asdict(s), "images": s.pseudo_images, "workers": w}
+        ref = {**common, "cam_dir": ref_cams, "out_dir": str(out / f"ref_w{w}"), "work": str(out)}
+        ours = {**common, "cam_dir": ours_cams, "out_dir": str(out / f"ours_w{w}"), "work": str(out)}
+        r = _pairs(s, "make_pseudo", {"ref": ref, "ours": ours}, f"make_pseudo_w{w}")
+        r["masks"] = compare_masks(ours["out_dir"], ref["out_dir"])
+        res[f"workers_{w}"] = r
+    return res
+
+
+def bench_scaling(s: Settings, prep: dict) -> dict:
+    """make_cam and make_pseudo (the largest pool) of both sides at N and 2N images: time
+    should double and peak memory stay. The difference of the two runs is the cost of N more
+    images without the start-up, so the ratio of those differences is the steady-state ratio."""
+    out = Path(s.out) / "scaling"
+    res = {}
+    w = max(s.pseudo_workers)
+    for stage, n1 in (("make_cam", s.cam_images), ("make_pseudo", s.pseudo_images)):
+        rows = {}
+        for side in ("ref", "ours"):
+            for n in (n1, 2 * n1):
+                name = stage.split("_")[1] + ("" if n == n1 else "_2x")
+                spec = {"settings": asdict(s), "images": n, "out_dir": str(out / f"{stage}_{side}_{n}"), "work": str(out)}
+                if stage == "make_cam":
+                    spec.update(weights=prep["weights"], split=f"bench_{name}")
+                else:
+                    ours_cams, ref_cams = pseudo_cams(s, name)
+                    spec.update(workers=w, cam_dir=ours_cams if side == "ours" else ref_cams)
+                r = run_child(f"{side}_{stage}", spec, out / "logs" / f"{stage}_{side}_{n}")
+                rows[f"{side}_{n}"] = {"images": n, "wall_s": r["wall_s"], "peak_rss_mib": r["peak_rss_mib"]}
+                print(f"  {stage} {side}, {n} images: {r['wall_s']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+        per_image = {side: (rows[f"{side}_{2 * n1}"]["wall_s"] - rows[f"{side}_{n1}"]["wall_s"]) / n1 for side in ("ref", "ours")}
+        res[stage] = {"runs": rows, "workers": w if stage == "make_pseudo" else s.cam_workers,
+                      "marginal_s_per_image": per_image,
+                      "steady_ratio": per_image["ref"] / per_image["ours"] if per_image["ours"] > 0 else float("nan")}
+    return res
+
+
+def run_all(s: Settings, after_stage=None) -> dict:
+    """Every stage of ``s``; ``after_stage(results)`` (if given) is called after each, e.g. to save partial results."""
+    import platform
+
+    import torch
+
+    prep = prepare(s)
+    res = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                       "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+           "settings": asdict(s), "prepared": prep}
+    for stage, fn in (("make_cam", bench_make_cam), ("train_cam", bench_train_cam), ("make_pseudo", bench_make_pseudo)):
+        if stage in s.stages:
+            print(f"{stage}: {s.repeats} interleaved pairs", flush=True)
+            res[stage] = fn(s, prep)
+            if after_stage is not None:
+                after_stage(res)
+    if s.scaling:
+        print("cost vs image count (ours)", flush=True)
+        res["scaling"] = bench_scaling(s, prep)
+    return res
+
+
+# --------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------
+TARGETS = {"make_cam": 1.9, "train_cam": 1.4, "make_pseudo": 1.5}
+
+
+def _ratio_cell(r: dict) -> str:
+    return f"**{r['ratio']:.2f}** ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})"
+
+
+def _cpu_cell(r: dict) -> str:
+    return f"{r['cpu_ratio']:.2f} ({r['cpu_ratio_min']:.2f}-{r['cpu_ratio_max']:.2f})"
+
+
+def markdown(res: dict) -> str:
+    from wsss.reporting import md_table
+
+    s = res["settings"]
+    m = res["machine"]
+    lines = [f"Machine: {m['cpus']} CPUs, {m['processor']}, torch {m['torch']}, {m['threads']} threads per process. "
+             f"{s['repeats']} interleaved pairs per row; ratio = reference wall time / ours (median, range).\n"]
+    rows = []
+    if "make_cam" in res:
+        r = res["make_cam"]
+        rows.append([f"make_cam: {s['cam_images']} images, scales {s['scales']} + flip, {s['cam_workers']} loader worker(s)",
+                     f"{r['ref_wall_s']:.1f}", f"{r['ours_wall_s']:.1f}", _ratio_cell(r), f">= {TARGETS['make_cam']}", _cpu_cell(r),
+                     f"{r['ref_sys_s']:.1f} / {r['ours_sys_s']:.1f}", f"{r['ref_peak_rss_mib']:.0f} / {r['ours_peak_rss_mib']:.0f}"])
+        if "before_over_ours" in r:
+            b = r["before_over_ours"]
+            rows.append(["make_cam, our loop before these changes (instead of the reference)", f"{b['before_wall_s']:.1f}",
+                         f"{b['ours_wall_s']:.1f}", _ratio_cell(b), "-", _cpu_cell(b),
+                         f"{b['before_sys_s']:.1f} / {b['ours_sys_s']:.1f}",
+                         f"{b['before_peak_rss_mib']:.0f} / {b['ours_peak_rss_mib']:.0f}"])
+    if "train_cam" in res:
+        r = res["train_cam"]
+        rows.append([f"train_cam: {s['train_images']} images, batch {s['train_batch']}, crop {s['train_crop']}, 1 epoch, "
+                     f"{s['train_workers']} loader workers", f"{r['ref_wall_s']:.1f}", f"{r['ours_wall_s']:.1f}", _ratio_cell(r),
+                     f">= {TARGETS['train_cam']}", _cpu_cell(r), f"{r['ref_sys_s']:.1f} / {r['ours_sys_s']:.1f}",
+                     f"{r['ref_peak_rss_mib']:.0f} / {r['ours_peak_rss_mib']:.0f}"])
+    for key, r in res.get("make_pseudo", {}).items():
+        w = key.split("_")[1]
+        rows.append([f"make_pseudo: {s['pseudo_images']} images, 2 CRFs each, {w} worker(s)", f"{r['ref_wall_s']:.1f}",
+                     f"{r['ours_wall_s']:.1f}", _ratio_cell(r), f">= {TARGETS['make_pseudo']}" if w == "2" else "-", _cpu_cell(r),
+                     f"{r['ref_sys_s']:.1f} / {r['ours_sys_s']:.1f}", f"{r['ref_peak_rss_mib']:.0f} / {r['ours_peak_rss_mib']:.0f}"])
+    lines.append(md_table(["stage", "reference s", "ours s", "ratio (wall)", "goal", "ratio (CPU time)", "system CPU s (ref / ours)",
+                           "peak RSS MiB (ref / ours)"], rows))
+    checks = []
+    if "make_cam" in res:
+        c = res["make_cam"]["cams"]
+        checks.append(["CAM files (ours vs reference loop)", f"{c['files']} files, max abs diff: high-res "
+                       f"{c['max_abs_diff_high_res']:.1e}, strided {c['max_abs_diff_strided']:.1e}"])
+    for key, r in res.get("make_pseudo", {}).items():
+        mk = r["masks"]
+        checks.append([f"pseudo masks, {key.replace('_', ' ')}", f"{mk['identical']} of {mk['files']} pixel-identical"])
+    if checks:
+        lines.append(md_table(["same work", "result"], checks))
+    if "scaling" in res:
+        rows = []
+        for stage, sc in res["scaling"].items():
+            n1, n2 = sorted({v["images"] for v in sc["runs"].values()})
+            r, o = sc["runs"], sc["marginal_s_per_image"]
+            rows.append([stage, f"{n1} / {n2}", f"{r[f'ref_{n1}']['wall_s']:.1f} / {r[f'ref_{n2}']['wall_s']:.1f}",
+                         f"{r[f'ours_{n1}']['wall_s']:.1f} / {r[f'ours_{n2}']['wall_s']:.1f}",
+                         f"{o['ref']:.2f} / {o['ours']:.2f}", f"{sc['steady_ratio']:.2f}",
+                         f"{r[f'ref_{n1}']['peak_rss_mib']:.0f} / {r[f'ref_{n2}']['peak_rss_mib']:.0f}",
+                         f"{r[f'ours_{n1}']['peak_rss_mib']:.0f} / {r[f'ours_{n2}']['peak_rss_mib']:.0f}"])
+        lines.append(md_table(["cost vs image count", "images", "reference s", "ours s",
+                               "s per further image (ref / ours)", "steady-state ratio", "reference peak RSS MiB",
+                               "our peak RSS MiB"], rows))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    child_main(sys.argv[1:])
