@@ -56,6 +56,10 @@ class GSLMConfig:
     # nearest: CAMs of eval_cam.split made again with the nearest-resized pyramid, as the
     # reference's per-round evaluation does (its GLM is scored on its CAM files).
     round_eval_cams: Literal["cam_files", "nearest"] = "cam_files"
+    # Round 1's SR targets: "" = the GLM's pseudo masks (the method); a mask folder (a bare
+    # name under data.root, e.g. SegmentationClassAug, or a path) = a control run, such as
+    # ground-truth targets, which shows what the SLM machinery can do with right targets.
+    target_masks: str = ""
 
 
 register_section("gslm", GSLMConfig)
@@ -175,7 +179,7 @@ def slm_phases(cfg) -> list[Phase]:
     for r in range(1, g.rounds + 1):
         sched = Schedule.from_train(cfg.train, epochs=g.epochs, lr=g.lr, momentum=g.momentum, weight_decay=g.weight_decay,
                                     batch_size=g.batch_size or cfg.train.batch_size)
-        mask_dir = str(round_dir(cfg, r - 1) / "pseudo")
+        mask_dir = g.target_masks if r == 1 and g.target_masks else str(round_dir(cfg, r - 1) / "pseudo")
         phases.append(Phase(
             name=f"slm_round{r}",
             schedule=sched,

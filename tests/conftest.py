@@ -35,7 +35,11 @@ def tiny_overrides(root: Path, work_dir: Path, **extra) -> list[str]:
     o = {
         "data.root": str(root),
         "data.num_classes": TINY["num_classes"],
-        "data.synthetic.num_classes": TINY["num_classes"],
+        **{f"data.synthetic.{k}": v for k, v in TINY.items()},
+        "data.synthetic.write_coco": True,
+        # the tiny tests start from random weights: the pretrained start is tests/test_pretrain.py's
+        "model.weights": "none",
+        "pretrain.enabled": False,
         "work_dir": str(work_dir),
         "train.batch_size": 4,
         "train.workers": 0,

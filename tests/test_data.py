@@ -63,20 +63,44 @@ def test_synthetic_is_deterministic_and_seed_dependent(tmp_path):
 
 
 def test_synthetic_has_the_wsss_difficulty(tiny_root):
-    """Small class-specific part, large body: the part covers a small share of each object."""
-    from wsss.data.synthetic import class_styles, render_scene
+    """Small class-specific part on a large body of the one shared body family; the part
+    mask is exactly the visible part; the body's hue never occurs in the clutter."""
+    import colorsys
+
+    from wsss.data.synthetic import BODY_HUE, CLUTTER_HUE_GAP, _clutter_hue, class_styles, render_scene
 
     rng = np.random.default_rng(0)
     styles = class_styles(5)
     fractions, n_objects = [], []
     for _ in range(30):
-        img, label, instances = render_scene(rng, 128, styles)
+        img, label, parts, instances = render_scene(rng, 128, styles)
         n_objects.append(len(instances))
         for inst in instances:
             x0, y0, x1, y1 = inst.part_box
             fractions.append((x1 - x0) * (y1 - y0) / inst.mask.sum())
-    assert max(fractions) < 0.12  # the part is a small share of the object
+            # the visible part lies inside its object and carries its class
+            assert set(np.unique(parts[y0:y1, x0:x1])) <= {0, inst.cls + 1}
+        assert ((parts == 0) | (label == parts)).all()
+    assert np.mean(fractions) < 0.15 and max(fractions) < 0.3  # the part is a small share of the object
     assert set(n_objects) <= {1, 2, 3}
+    hues = [_clutter_hue(rng) for _ in range(500)]
+    assert min(min(abs(h - BODY_HUE), 1 - abs(h - BODY_HUE)) for h in hues) >= CLUTTER_HUE_GAP
+    # body pixels (outside parts) are of the body hue
+    body = (label > 0) & (parts == 0)
+    hsv = np.array([colorsys.rgb_to_hsv(*(img[y, x] / 255.0)) for y, x in zip(*np.nonzero(body))][::50])
+    d = np.abs(hsv[:, 0] - BODY_HUE)
+    assert np.median(np.minimum(d, 1 - d)) < 0.05
+
+
+def test_synthetic_root_made_with_other_settings_is_refused(tiny_cfg):
+    from wsss.data.synthetic import ensure_synthetic
+    from wsss.fileio import DataError
+
+    cfg = tiny_cfg()
+    assert ensure_synthetic(cfg) is False  # the tiny root matches its settings
+    cfg.data.synthetic.num_aug = 99
+    with pytest.raises(DataError, match=r"other data.synthetic settings .*\(num_aug\)"):
+        ensure_synthetic(cfg)
 
 
 def test_boundary_band():

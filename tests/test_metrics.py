@@ -70,3 +70,24 @@ def test_sweep_equals_separate_evaluations():
     res = sweep.results()
     assert res[10]["threshold"] == pytest.approx(0.15)
     assert res[10]["miou"] == pytest.approx(scores(separate[thresholds[10]])["miou"])
+
+
+def test_part_body_coverage_by_hand():
+    """One class; a row of 8 pixels: background, body, part. At threshold 0.3 the CAM covers
+    both part pixels, one of the two body pixels outside the part and one of four background
+    pixels; at 0.5 only the part."""
+    from wsss.metrics import ThresholdSweep, coverage, region_map
+
+    gt = np.array([[0, 0, 1, 1, 1, 1, 0, 0]])
+    parts = np.array([[0, 0, 0, 1, 1, 0, 0, 0]])
+    cam = np.array([[[0.1, 0.4, 0.2, 0.9, 0.8, 0.35, 0.05, 0.0]]], np.float32)
+    regions = region_map(gt, parts, 1)
+    assert regions.tolist() == [[0, 0, 1, 2, 2, 1, 0, 0]]
+    sweep = ThresholdSweep(1, [0.3, 0.5], gt_rows=3)
+    sweep.add(regions, cam, np.array([0]))
+    at30, at50 = sweep.confusions()
+    c30 = coverage(at30, ["aeroplane"])
+    assert (c30["part"], c30["body"], c30["background_fp"]) == (1.0, 0.5, 0.25)
+    assert c30["per_class"]["aeroplane"] == {"part": 1.0, "body": 0.5, "background_fp": 0.25}
+    c50 = coverage(at50, ["aeroplane"])
+    assert (c50["part"], c50["body"], c50["background_fp"]) == (1.0, 0.0, 0.0)

@@ -82,3 +82,22 @@ def test_make_pseudo_writes_palette_pngs_and_skips_finished(tiny_cfg, tmp_path):
     assert mtimes == [p.stat().st_mtime_ns for p in pngs]
     with pytest.raises(Exception, match=r"CAM file not found"):
         make_pseudo_masks(cfg, split="val")
+
+
+def test_crf_pixel_units_scale_with_the_image_size():
+    """With a reference size, the two sxy scale with the image's long side; a 250-px image with
+    sxy set for 500 px gives exactly the CRF of sxy halved."""
+    import dataclasses
+
+    from wsss.pseudo.crf import CRFParams, crf_labels
+
+    p = CRFParams(reference_size=500.0)
+    assert p.sxy_for(250, 125) == (1.5, 25.0) and p.sxy_for(375, 500) == (3.0, 50.0)
+    assert CRFParams().sxy_for(250, 125) == (3.0, 50.0)
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (125, 250, 3), dtype=np.uint8)
+    labels = (rng.random((125, 250)) < 0.4).astype(np.int64)
+    scaled = crf_labels(img, [labels], 2, p)[0]
+    halved = crf_labels(img, [labels], 2, dataclasses.replace(CRFParams(), gauss_sxy=1.5, bilateral_sxy=25.0))[0]
+    as_given = crf_labels(img, [labels], 2, CRFParams())[0]
+    assert np.array_equal(scaled, halved) and not np.array_equal(scaled, as_given)

@@ -1,50 +1,309 @@
-"""compare_methods: run several experiments' full pipelines on the same data and put
-their numbers side by side (scripts/compare_methods.py)."""
+"""compare_methods: the synthetic test bench (scripts/compare_methods.py, docs/synthetic_bench.md).
+
+Every arm (baseline CAM, PPL progressive, PPL explicit, GSLM) runs its pipeline up to the
+pseudo masks on the same synthetic data with several training seeds, and once more on a
+held-out data seed that no config was tuned on. The bench then
+
+* checks the premise on the baseline runs (wsss.cam.premise): parts covered, bodies not,
+  no class flooding, precise pseudo masks; without it the bench cannot say anything;
+* reports each arm's mean and standard deviation, and calls a difference from the baseline
+  an effect only when it is larger than twice the baseline's standard deviation;
+* runs the controls: the untrained network (the scale), GSLM with ``sr_weight=0`` (SLM
+  fine-tuning without seed reactivation), GSLM with ground-truth and with flipped
+  ground-truth SR targets (the machinery with right and with wrong targets), PPL with
+  ``cam_source=full`` against ``concat``.
+
+Writes <out>/bench.json and bench.md; ``--results`` also publishes the JSON for the README.
+"""
 from __future__ import annotations
 
+import re
+import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from wsss.fileio import atomic_write_json, atomic_write_text, read_json
-from wsss.reporting import fmt, md_table
+from wsss.reporting import md_table
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_METHODS = {
-    "baseline CAM": "configs/cam/cam_r18_synthetic.yaml",
+STAGES = "train_cam,make_cam,eval_cam,make_pseudo,eval_pseudo"
+BASELINE = "baseline CAM"
+ARMS = {
+    BASELINE: "configs/cam/cam_r18_synthetic.yaml",
     "PPL progressive": "configs/ppl/ppl_progressive_r18_synthetic.yaml",
     "PPL explicit": "configs/ppl/ppl_explicit_r18_synthetic.yaml",
     "GSLM": "configs/gslm/gslm_r18_synthetic.yaml",
 }
+# the numbers every run reports, and what the tables call them
+METRICS = {
+    "cam_miou": "CAM mIoU",
+    "cam_crf_miou": "CAM+CRF mIoU",
+    "pseudo_miou_255_as_bg": "pseudo-mask mIoU",
+    "part": "part covered",
+    "body": "body covered",
+    "background_fp": "background FP",
+}
 
 
-def run_comparison(methods: dict[str, str], out: Path, overrides: list[str], stages: str | None = None) -> dict:
-    rows = []
-    for name, config in methods.items():
-        work = out / Path(config).stem
-        cmd = [sys.executable, str(REPO / "scripts" / "run_pipeline.py"), "--config", str(REPO / config),
-               f"work_dir={work}", *overrides]
-        if stages:
-            cmd += ["--stages", stages]
-        print(f"[compare] {name}: {' '.join(cmd[1:])}", flush=True)
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=REPO)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{name}: run_pipeline failed with exit code {proc.returncode} (see its output above)")
-        s = read_json(work / "metrics" / "summary.json")
-        n, secs = s["numbers"], s["seconds"]
-        rows.append({"method": name, "config": config, "work_dir": str(work), **n,
-                     "train_cam_seconds": secs.get("train_cam"), "pipeline_seconds": round(time.perf_counter() - t0, 1)})
-    header = ["method", "CAM mIoU (best thr.)", "CAM+CRF mIoU", "pseudo-mask mIoU (255=bg)", "pseudo-mask mIoU (confident)",
-              "seg mIoU (val)", "train_cam time"]
-    table = [[r["method"], fmt(r.get("cam_miou")) + (f" @ {r['cam_best_threshold']:.2f}" if "cam_best_threshold" in r else ""),
-              fmt(r.get("cam_crf_miou")) + (f" @ {r['cam_crf_threshold']:.2f}" if "cam_crf_threshold" in r else ""),
-              fmt(r.get("pseudo_miou_255_as_bg")), fmt(r.get("pseudo_miou_confident")), fmt(r.get("seg_miou")),
-              f"{r['train_cam_seconds']:.0f} s" if r.get("train_cam_seconds") else "-"] for r in rows]
-    md = md_table(header, table)
-    atomic_write_json(out / "comparison.json", {"rows": rows, "overrides": overrides})
-    atomic_write_text(out / "comparison.md", md)
+@dataclass
+class Control:
+    name: str
+    arm: str  # the arm whose config it changes
+    overrides: list[str]
+    stages: str = STAGES
+    expect: str = ""  # what it must show, in words
+
+
+CONTROLS = [
+    Control("untrained network", BASELINE, ["train.epochs=0"], "train_cam,make_cam,eval_cam",
+            "the scale: CAMs of the network before any training step"),
+    Control("GSLM, sr_weight 0", "GSLM", ["gslm.sr_weight=0"], expect="the SLM rounds without seed reactivation"),
+    Control("GSLM, ground-truth SR targets", "GSLM", ["gslm.target_masks=SegmentationClassAug"],
+            expect="right targets: CAM mIoU >= 5 points above the GLM and above sr_weight 0"),
+    Control("GSLM, flipped ground-truth SR targets", "GSLM", ["gslm.target_masks={flipped}"],
+            expect="wrong targets: no gain over sr_weight 0"),
+    Control("PPL progressive, cam_source full", "PPL progressive", ["ppl.cam_source=full"],
+            expect="the full path's CAM instead of the concatenated one"),
+]
+
+
+@dataclass
+class Bench:
+    out: Path
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    data_seed: int = 0
+    heldout_data_seed: int = 1
+    arms: dict[str, str] = field(default_factory=lambda: dict(ARMS))
+    controls: bool = True
+    overrides: list[str] = field(default_factory=list)
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def data_overrides(data_seed: int, default_seed: int = 0) -> list[str]:
+    """A data seed other than the configs' gets a folder of its own."""
+    if data_seed == default_seed:
+        return []
+    return [f"data.synthetic.seed={data_seed}", f"data.root=data/synthetic_voc_seed{data_seed}/VOC2012"]
+
+
+def run_one(name: str, config: str, work: Path, overrides: list[str], stages: str) -> dict:
+    """One pipeline run (resumable: a finished run is read back, not run again)."""
+    cmd = [sys.executable, str(REPO / "scripts" / "run_pipeline.py"), "--config", str(REPO / config),
+           f"work_dir={work}", *overrides, "--stages", stages]
+    print(f"[bench] {name}: {' '.join(cmd[1:])}", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name}: run_pipeline failed with exit code {proc.returncode} (see its output above)")
+    return collect_run(work, round(time.perf_counter() - t0, 1))
+
+
+def collect_run(work: Path, seconds: float | None = None) -> dict:
+    """The numbers of one finished run: the summary's, the coverage, the premise check."""
+    from wsss.cam.premise import check_premise
+
+    s = read_json(work / "metrics" / "summary.json")
+    row = {"work_dir": str(work), **s["numbers"], "stage_seconds": s["seconds"], "seconds": seconds}
+    cam_json = work / "metrics" / "cam_eval.json"
+    cam = read_json(cam_json) if cam_json.is_file() else None
+    if cam and cam.get("coverage"):
+        for key in ("part", "body", "background_fp"):
+            row[key] = cam["coverage"]["best"][key]
+            row[f"{key}_fixed"] = cam["coverage"]["fixed"][key]
+        pseudo_json = work / "metrics" / "pseudo_eval.json"
+        row["premise"] = check_premise(cam, read_json(pseudo_json) if pseudo_json.is_file() else None)
+    if s.get("gslm_rounds"):
+        row["gslm_rounds"] = s["gslm_rounds"]
+    return row
+
+
+def write_flipped_masks(root: Path, out: Path) -> Path:
+    """Ground-truth masks flipped left-right: SR targets of the right classes in the wrong places."""
+    from wsss.fileio import read_mask, write_palette_png
+
+    done = out / "done"
+    if not done.is_file():
+        for p in sorted((root / "SegmentationClassAug").glob("*.png")):
+            write_palette_png(out / p.name, np.ascontiguousarray(read_mask(p)[:, ::-1]))
+        done.write_text("ok\n")
+    return out
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def aggregate(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per arm and metric: mean, std, n; and the verdict against the baseline."""
+    agg = {}
+    for arm, rows in runs.items():
+        agg[arm] = {m: dict(zip(("mean", "std"), mean_std([r.get(m) for r in rows])), n=len(rows)) for m in METRICS}
+    base = agg.get(BASELINE)
+    if base:
+        for arm, a in agg.items():
+            for m, v in a.items():
+                b = base[m]
+                if arm == BASELINE or v["mean"] is None or b["mean"] is None:
+                    continue
+                v["diff"] = v["mean"] - b["mean"]
+                v["effect"] = verdict(v["diff"], b["std"])
+    return agg
+
+
+def verdict(diff: float, baseline_std: float) -> str:
+    """An effect only beyond 2 standard deviations of the baseline."""
+    if baseline_std is None or abs(diff) <= 2 * baseline_std:
+        return "none beyond noise"
+    return "effect: higher" if diff > 0 else "effect: lower"
+
+
+def run_bench(b: Bench, results: str | None = None) -> dict:
+    from wsss.results import provenance_fields, publish
+
+    t0 = time.perf_counter()
+    runs: dict[str, list[dict]] = {}
+    for arm, config in b.arms.items():
+        for seed in b.seeds:
+            work = b.out / slug(arm) / f"seed{seed}"
+            row = run_one(f"{arm}, seed {seed}", config, work, [*b.overrides, *data_overrides(b.data_seed), f"seed={seed}"], STAGES)
+            runs.setdefault(arm, []).append({"seed": seed, **row})
+    heldout = {}
+    for arm, config in b.arms.items():
+        work = b.out / "heldout" / slug(arm)
+        row = run_one(f"{arm}, held-out data seed {b.heldout_data_seed}", config, work,
+                      [*b.overrides, *data_overrides(b.heldout_data_seed, b.data_seed), f"seed={b.seeds[0]}"], STAGES)
+        heldout[arm] = {"seed": b.seeds[0], **row}
+    controls = []
+    if b.controls:
+        from wsss.config import load_config
+
+        root = Path(load_config(str(REPO / ARMS[BASELINE]), [*b.overrides, *data_overrides(b.data_seed)]).data.root)
+        if not root.is_absolute():
+            root = REPO / root
+        flipped = None
+        for c in CONTROLS:
+            if c.arm not in b.arms:
+                continue
+            over = list(c.overrides)
+            if any("{flipped}" in o for o in over):
+                flipped = flipped or write_flipped_masks(root, b.out / "flipped_gt")
+                over = [o.replace("{flipped}", str(flipped)) for o in over]
+            work = b.out / "controls" / slug(c.name)
+            row = run_one(c.name, b.arms[c.arm], work, [*b.overrides, *data_overrides(b.data_seed), f"seed={b.seeds[0]}", *over],
+                          c.stages)
+            controls.append({"name": c.name, "arm": c.arm, "overrides": c.overrides, "expect": c.expect, **row})
+    data = {"seeds": b.seeds, "data_seed": b.data_seed, "heldout_data_seed": b.heldout_data_seed, "overrides": b.overrides,
+            "stages": STAGES, "runs": runs, "aggregate": aggregate(runs), "heldout": heldout, "controls": controls,
+            "premise": premise_summary(runs.get(BASELINE, []), heldout.get(BASELINE)),
+            "control_checks": control_checks(runs, controls), "wall_seconds": round(time.perf_counter() - t0, 1)}
+    md = render_bench(data)
+    made_on = read_json(Path(next(iter(runs.values()))[0]["work_dir"]) / "metrics" / "summary.json").get("made_on") if runs else None
+    atomic_write_json(b.out / "bench.json", {**data, **provenance_fields(), "made_on": made_on})
+    atomic_write_text(b.out / "bench.md", md)
     print(md)
-    print(f"saved {out / 'comparison.json'}")
-    return {"rows": rows}
+    print(f"saved {b.out / 'bench.json'}")
+    if results:
+        print(f"published: {publish(results, 'compare', data, made_on=made_on)}")
+    return data
+
+
+def premise_summary(base_runs: list[dict], heldout: dict | None) -> dict:
+    checked = [r for r in base_runs if r.get("premise")] + ([heldout] if heldout and heldout.get("premise") else [])
+    return {"ok": bool(checked) and all(r["premise"]["ok"] for r in checked), "runs": len(checked),
+            "failed": [r["work_dir"] for r in checked if not r["premise"]["ok"]]}
+
+
+def control_checks(runs: dict[str, list[dict]], controls: list[dict]) -> dict:
+    """The ground-truth-target control against its expectations (None where a run is missing)."""
+    by = {c["name"]: c for c in controls}
+    gt, flipped, no_sr = (by.get("GSLM, ground-truth SR targets"), by.get("GSLM, flipped ground-truth SR targets"),
+                          by.get("GSLM, sr_weight 0"))
+    glm = None
+    if gt and gt.get("gslm_rounds"):
+        glm = gt["gslm_rounds"][0].get("cam_miou_best")
+    out = {}
+    if gt and glm is not None:
+        out["gt_targets_raise_cam_miou_by_5"] = gt["cam_miou"] - glm >= 0.05
+        out["gt_targets_gain_over_glm"] = gt["cam_miou"] - glm
+    if gt and no_sr:
+        out["gt_targets_beat_sr_weight_0"] = gt["cam_miou"] > no_sr["cam_miou"]
+    if flipped and no_sr:
+        out["flipped_targets_no_gain_over_sr_weight_0"] = flipped["cam_miou"] <= no_sr["cam_miou"] + 0.01
+    return out
+
+
+# --------------------------------------------------------------------------
+# tables
+# --------------------------------------------------------------------------
+def pm(v: dict, scale: float = 100.0) -> str:
+    if v.get("mean") is None:
+        return "-"
+    return f"{scale * v['mean']:.2f} ± {scale * v['std']:.2f}"
+
+
+def render_bench(d: dict) -> str:
+    agg = d["aggregate"]
+    n = len(d["seeds"])
+    rows = []
+    for arm, a in agg.items():
+        rows.append([arm] + [pm(a[m]) for m in ("cam_miou", "cam_crf_miou", "pseudo_miou_255_as_bg", "part", "body",
+                                                  "background_fp")]
+                    + [_diff(a["cam_miou"]), a["cam_miou"].get("effect", "-")])
+    md = (f"## Arms: {n} training seeds on data seed {d['data_seed']} (mean ± std)\n\n"
+          + md_table(["arm", "CAM mIoU", "CAM+CRF mIoU", "pseudo-mask mIoU", "part covered", "body covered",
+                      "background FP", "CAM mIoU vs baseline", "verdict (> 2 std of baseline)"], rows))
+    h = d["heldout"]
+    if h:
+        base = h.get(BASELINE, {}).get("cam_miou")
+        md += (f"\n## Held-out data seed {d['heldout_data_seed']} (one training seed, no config tuned on it)\n\n"
+               + md_table(["arm", "CAM mIoU", "CAM+CRF mIoU", "pseudo-mask mIoU", "part covered", "body covered",
+                           "CAM mIoU vs baseline"],
+                          [[arm, _p(r.get("cam_miou")), _p(r.get("cam_crf_miou")), _p(r.get("pseudo_miou_255_as_bg")),
+                            _p(r.get("part")), _p(r.get("body")),
+                            "-" if arm == BASELINE or base is None or r.get("cam_miou") is None else f"{100 * (r['cam_miou'] - base):+.2f}"]
+                           for arm, r in h.items()]))
+    if d["controls"]:
+        md += "\n## Controls (training seed " + str(d["seeds"][0]) + ")\n\n" + md_table(
+            ["control", "CAM mIoU", "CAM+CRF mIoU", "pseudo-mask mIoU", "body covered", "what it shows"],
+            [[c["name"], _p(c.get("cam_miou")), _p(c.get("cam_crf_miou")), _p(c.get("pseudo_miou_255_as_bg")),
+              _p(c.get("body")), c["expect"]] for c in d["controls"]])
+        if d["control_checks"]:
+            md += "\n" + "\n".join(f"* {k}: {_check(v)}" for k, v in d["control_checks"].items()) + "\n"
+    p = d["premise"]
+    md += (f"\n## Premise (baseline runs)\n\n{'met' if p['ok'] else '**not met**'} in {p['runs'] - len(p['failed'])} of "
+           f"{p['runs']} baseline runs (parts >= 90% covered, bodies <= 60%, every class's precision above its recall, "
+           "pseudo-mask precision >= 80%)\n")
+    base_runs = d["runs"].get(BASELINE, [])
+    if base_runs and base_runs[0].get("premise"):
+        md += "\n" + md_table(["seed", "parts covered", "bodies covered", "flooding classes", "pseudo precision", "ok"],
+                              [[r["seed"], _p(r["premise"]["checks"]["parts_covered"]["value"]),
+                                _p(r["premise"]["checks"]["bodies_not_covered"]["value"]),
+                                ", ".join(r["premise"]["checks"]["no_flooding"]["value"]) or "none",
+                                _p(r["premise"]["checks"].get("pseudo_precision", {}).get("value")),
+                                "yes" if r["premise"]["ok"] else "**no**"] for r in base_runs])
+    return md
+
+
+def _p(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def _diff(v: dict) -> str:
+    return "-" if v.get("diff") is None else f"{100 * v['diff']:+.2f}"
+
+
+def _check(v) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "**no**"
+    return f"{100 * v:+.2f} points"

@@ -64,6 +64,10 @@ class SyntheticConfig:
     num_test: int = 20
     num_classes: int = 5
     write_coco: bool = False
+    # non-square images ([] / false: image_size squares); see wsss.data.synthetic.image_sizes
+    width_range: list[int] = field(default_factory=list)  # [lo, hi] inclusive
+    height_range: list[int] = field(default_factory=list)
+    voc_sizes: bool = False  # roughly VOC 2012's sizes: long side 500, mostly 500x375
 
 
 @dataclass
@@ -160,6 +164,7 @@ class EvalCamConfig:
     # sweep's best) refined by the pseudo masks' label CRF (pseudo.* CRF keys), as the
     # GSLM reference scores each SLM round.
     crf: bool = True
+    coverage_threshold: float = 0.30  # synthetic data: part/body coverage at this fixed threshold too
 
 
 @dataclass
@@ -177,6 +182,9 @@ class PseudoConfig:
     bilateral_sxy: float = 50.0
     bilateral_srgb: float = 5.0
     bilateral_compat: float = 10.0
+    # > 0: gauss_sxy and bilateral_sxy are for images of this long side and scale with each
+    # image's (the synthetic configs: 500, VOC's, for their smaller images); 0: as given (VOC)
+    crf_reference_size: float = 0.0
     shared_pairwise: bool = True  # build the CRF's pairwise terms once for fg and bg
     workers: int = 2
     redo: bool = False

@@ -82,13 +82,16 @@ class ThresholdSweep:
     cumulative sum. Equal, bit for bit, to T calls of :func:`cam_to_label`.
     """
 
-    def __init__(self, num_classes: int, thresholds: list[float]):
+    def __init__(self, num_classes: int, thresholds: list[float], gt_rows: int | None = None):
+        """``gt_rows``: how many GT values (rows) there are, when the GT map is not a class
+        map (the synthetic data's part/body regions); default ``num_classes + 1``."""
         self.n = num_classes + 1
+        self.rows = gt_rows or self.n
         self.thresholds = np.asarray(sorted(thresholds), dtype=np.float32)
         if len(np.unique(self.thresholds)) != len(self.thresholds):
             raise ValueError("thresholds must be distinct")
         self.t = len(self.thresholds)
-        self.hist = np.zeros(self.n * self.n * (self.t + 1), dtype=np.int64)
+        self.hist = np.zeros(self.rows * self.n * (self.t + 1), dtype=np.int64)
 
     def add(self, gt: np.ndarray, cams: np.ndarray, keys: np.ndarray) -> None:
         gt = np.asarray(gt).ravel().astype(np.int64)
@@ -107,11 +110,11 @@ class ThresholdSweep:
         self.hist += np.bincount(code, minlength=self.hist.size)
 
     def confusions(self) -> np.ndarray:
-        """[T, n, n] confusion matrices, one per threshold (in sorted order)."""
-        h = self.hist.reshape(self.n, self.n, self.t + 1)
+        """[T, rows, n] confusion matrices, one per threshold (in sorted order)."""
+        h = self.hist.reshape(self.rows, self.n, self.t + 1)
         # fg_at[j] = pixels with idx > j, i.e. predicted as their argmax class at threshold j
         tail = np.cumsum(h[:, :, ::-1], axis=2)[:, :, ::-1]  # tail[..., i] = sum_{idx >= i}
-        out = np.zeros((self.t, self.n, self.n), np.int64)
+        out = np.zeros((self.t, self.rows, self.n), np.int64)
         for j in range(self.t):
             fg = tail[:, :, j + 1]
             bg_rows = h.sum(2) - fg  # pixels that fall back to background
@@ -123,3 +126,38 @@ class ThresholdSweep:
 
     def results(self, class_names: list[str] | None = None) -> list[dict]:
         return [{"threshold": float(round(float(t), 6)), **scores(c, class_names)} for t, c in zip(self.thresholds, self.confusions())]
+
+
+def region_map(gt: np.ndarray, parts: np.ndarray, num_classes: int) -> np.ndarray:
+    """GT regions of the synthetic data: 0 background, c+1 the body of class c outside its
+    part, num_classes + 1 + c the part of class c, 255 ignored (a :class:`ThresholdSweep`
+    with ``gt_rows=2 * num_classes + 1`` counts predictions per region)."""
+    out = np.asarray(gt).astype(np.int64).copy()
+    p = np.asarray(parts).astype(np.int64)
+    inside = (p > 0) & (p != 255) & (out != 255)
+    out[inside] = num_classes + p[inside]
+    return out
+
+
+def coverage(conf: np.ndarray, class_names: list[str]) -> dict:
+    """From a [2K+1, K+1] region confusion: per class, the part's and the body's (outside the
+    part) share predicted as that class, and the share of all background pixels predicted
+    as that class; overall the same pooled over classes (background: any foreground)."""
+    k = len(class_names)
+    conf = conf.astype(np.float64)
+
+    def share(num, den):
+        return float(num / den) if den > 0 else None
+
+    per_class = {}
+    for c, name in enumerate(class_names):
+        body, part = conf[c + 1], conf[k + 1 + c]
+        per_class[name] = {"part": share(part[c + 1], part.sum()), "body": share(body[c + 1], body.sum()),
+                           "background_fp": share(conf[0, c + 1], conf[0].sum())}
+    idx = np.arange(k)
+    return {
+        "part": share(conf[k + 1 + idx, idx + 1].sum(), conf[k + 1:].sum()),
+        "body": share(conf[idx + 1, idx + 1].sum(), conf[1:k + 1].sum()),
+        "background_fp": share(conf[0, 1:].sum(), conf[0].sum()),
+        "per_class": per_class,
+    }

@@ -28,6 +28,7 @@ def import_plugins() -> None:
     import_module("wsss.models.cam_net")
     import_module("wsss.seg.config")
     import_module("wsss.pipeline_config")
+    import_module("wsss.pretrain")
     for ep in sorted(entry_points(group="wsss.methods"), key=lambda e: e.name):
         import_module(ep.value)
 

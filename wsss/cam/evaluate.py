@@ -12,11 +12,21 @@ from wsss.config import Config
 from wsss.data.labels import ImageLabels
 from wsss.data.voc import VOCLayout
 from wsss.fileio import read_image, read_mask
-from wsss.metrics import ThresholdSweep, confusion_matrix, scores, threshold_range
+from wsss.metrics import ThresholdSweep, confusion_matrix, coverage, region_map, scores, threshold_range
 from wsss.parallel import chunks, imap_unordered
 from wsss.pseudo.crf import CRFParams
 from wsss.pseudo.make import refined_labels
 from wsss.reporting import fmt, md_table, per_class_rows, save_metrics
+
+
+def coverage_table(cov: dict) -> str:
+    """Part / body (outside the part) coverage and background false positives, in percent."""
+    rows = []
+    for key in ("best", "fixed"):
+        c = cov[key]
+        rows.append([f"all ({key} {c['threshold']:.2f})", fmt(c["part"]), fmt(c["body"]), fmt(c["background_fp"])])
+        rows += [[f"  {name}", fmt(v["part"]), fmt(v["body"]), fmt(v["background_fp"])] for name, v in c["per_class"].items()]
+    return md_table(["class (threshold)", "part covered", "body covered", "background FP"], rows)
 
 
 def sweep_thresholds(cfg: Config) -> list[float]:
@@ -27,14 +37,19 @@ def sweep_thresholds(cfg: Config) -> list[float]:
     return sorted(ts)
 
 
-def _sweep_chunk(ids: list[str], root: str, gt_dir: str, cam_dir: str, num_classes: int, thresholds: list[float]) -> np.ndarray:
+def _sweep_chunk(ids: list[str], root: str, gt_dir: str, cam_dir: str, num_classes: int, thresholds: list[float],
+                 parts: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     layout = VOCLayout(root)
     sweep = ThresholdSweep(num_classes, thresholds)
+    regions = ThresholdSweep(num_classes, thresholds, gt_rows=2 * num_classes + 1) if parts else None
     for image_id in ids:
         gt = read_mask(layout.mask(image_id, gt_dir), num_classes)
         cam = load_cam(cam_path(cam_dir, image_id), gt.shape, num_classes)
         sweep.add(gt, cam["high_res"], cam["keys"])
-    return sweep.hist
+        if regions is not None:
+            part = read_mask(layout.part_dir / f"{image_id}.png", num_classes)
+            regions.add(region_map(gt, part, num_classes), cam["high_res"], cam["keys"])
+    return sweep.hist, regions.hist if regions is not None else None
 
 
 def _crf_chunk(ids: list[str], root: str, gt_dir: str, cam_dir: str, num_classes: int, threshold: float,
@@ -63,16 +78,25 @@ def crf_split(cfg: Config, split: str, cam_dir: str | Path, threshold: float, wo
     return conf
 
 
-def sweep_split(cfg: Config, split: str, cam_dir: str | Path, thresholds: list[float], workers: int = 0) -> ThresholdSweep:
-    """Accumulate the sweep over a split (in ``workers`` processes)."""
+def sweep_split(cfg: Config, split: str, cam_dir: str | Path, thresholds: list[float], workers: int = 0,
+                parts: bool = False) -> tuple[ThresholdSweep, ThresholdSweep | None]:
+    """Accumulate the sweep over a split (in ``workers`` processes); with ``parts``, also the
+    sweep over the synthetic data's part / body / background regions."""
     ids = VOCLayout(cfg.data.root).read_split(split)
-    sweep = ThresholdSweep(cfg.data.num_classes, thresholds)
+    k = cfg.data.num_classes
+    sweep = ThresholdSweep(k, thresholds)
+    regions = ThresholdSweep(k, thresholds, gt_rows=2 * k + 1) if parts else None
     fn = partial(_sweep_chunk, root=cfg.data.root, gt_dir=cfg.data.gt_dir, cam_dir=str(cam_dir),
-                 num_classes=cfg.data.num_classes, thresholds=thresholds)
-    parts = chunks(ids, workers) if workers > 1 else [ids]
-    for hist in imap_unordered(fn, parts, workers, chunksize=1):
+                 num_classes=k, thresholds=thresholds, parts=parts)
+    for hist, region_hist in imap_unordered(fn, chunks(ids, workers) if workers > 1 else [ids], workers, chunksize=1):
         sweep.hist += hist
-    return sweep
+        if regions is not None:
+            regions.hist += region_hist
+    return sweep, regions
+
+
+def _at(sweep: ThresholdSweep, t: float) -> np.ndarray:
+    return sweep.confusions()[int(np.argmin(np.abs(sweep.thresholds - t)))]
 
 
 def evaluate_cams(cfg: Config, split: str | None = None, cam_dir: str | Path | None = None, name: str = "cam_eval",
@@ -83,7 +107,8 @@ def evaluate_cams(cfg: Config, split: str | None = None, cam_dir: str | Path | N
     thresholds = sweep_thresholds(cfg)
     workers = cfg.pseudo.workers if workers is None else workers
     t0 = time.perf_counter()
-    sweep = sweep_split(cfg, split, cam_dir, thresholds, workers)
+    has_parts = VOCLayout(cfg.data.root).part_dir.is_dir()
+    sweep, regions = sweep_split(cfg, split, cam_dir, thresholds, workers, parts=has_parts)
     classes = ["background"] + ImageLabels.load(cfg.data.label_file, cfg.data.num_classes).classes
     results = sweep.results(classes)
     best = max(results, key=lambda r: r["miou"])
@@ -104,6 +129,11 @@ def evaluate_cams(cfg: Config, split: str | None = None, cam_dir: str | Path | N
         "report": report,
         "crf": refined,  # CAM+CRF at one threshold (the report threshold, else the best)
         "miou_crf": refined["miou"] if refined else None,
+        # synthetic data: how much of each object's part and body the CAM covers
+        "coverage": None if regions is None else {
+            "best": {"threshold": best["threshold"], **coverage(_at(regions, best["threshold"]), classes[1:])},
+            "fixed": {"threshold": e.coverage_threshold, **coverage(_at(regions, e.coverage_threshold), classes[1:])},
+        },
         "curve": [{"threshold": r["threshold"], "miou": r["miou"]} for r in results],
         "seconds": round(time.perf_counter() - t0, 3),
     }
@@ -114,6 +144,8 @@ def evaluate_cams(cfg: Config, split: str | None = None, cam_dir: str | Path | N
     if refined is not None:
         md += f"CAM+CRF (label CRF of the pseudo masks) at {refined['threshold']:.2f}: mIoU **{fmt(refined['miou'])}**\n\n"
     md += md_table(["class", "IoU", "precision", "recall"], per_class_rows(best))
+    if out["coverage"] is not None:
+        md += "\n## Coverage of parts and bodies (synthetic data)\n\n" + coverage_table(out["coverage"])
     if refined is not None:
         md += f"\n## CAM+CRF at {refined['threshold']:.2f}\n\n" + md_table(["class", "IoU", "precision", "recall"],
                                                                             per_class_rows(refined))
@@ -123,6 +155,8 @@ def evaluate_cams(cfg: Config, split: str | None = None, cam_dir: str | Path | N
         out["files"] = [str(j), str(m)]
     if verbose:
         print(md_table(["class", "IoU", "precision", "recall"], per_class_rows(best)))
+        if out["coverage"] is not None:
+            print(coverage_table(out["coverage"]))
         line = f"CAM mIoU on {split}: {fmt(best['miou'])} at best threshold {best['threshold']:.2f}"
         if report is not None:
             line += f"; {fmt(report['miou'])} at {report['threshold']:.2f}"

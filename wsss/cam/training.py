@@ -19,6 +19,7 @@ from wsss.engine.checkpoint import load_checkpoint, unwrap
 from wsss.engine.trainer import Phase, Schedule, TrainContext, make_context, run_phases, setup_runtime
 from wsss.models.backbones import load_state_dict_checked
 from wsss.models.cam_net import multilabel_soft_margin
+from wsss.pretrain import ensure_pretrained
 from wsss.registry import extra_phase_providers, model_builder, model_phase_plan
 from wsss.viz import cam_overlay
 
@@ -114,6 +115,7 @@ def train_cam(cfg: Config, resume: bool = True) -> Path:
     """Train the configured CAM model through all its phases; returns checkpoints/final.pth."""
     device = setup_runtime(cfg)
     ensure_data(cfg)
+    ensure_pretrained(cfg, device)
     ctx = make_context(cfg, device, Path(cfg.work_dir) / "checkpoints")
     if ctx.is_main:
         save_config(cfg)

@@ -1,20 +1,22 @@
-"""The synthetic mini-VOC: a small dataset in the exact VOC 2012 layout that
-reproduces the core difficulty of weakly supervised segmentation.
+"""The synthetic mini-VOC: a small dataset in the exact VOC 2012 layout, built so that
+it has the condition weakly supervised segmentation methods are made for.
 
-Each class's object is a large textured, shaded blob (the *body*) carrying a
-small square *part* of a strongly class-specific two-colour pattern. The body's
-cues (hue, stripe frequency, a faint dotted motif in the part's colour) are
-only weakly class-specific: their distributions overlap between classes, and
-the cluttered background is drawn from the same colours and textures. A
-classifier can succeed by finding the part alone, so its CAM covers a small
-fraction of the object: the gap that PPL and GSLM exist to close. Bodies are
-textured and shaded so that a colour-driven CRF cannot fill them by itself.
+Each object is a large textured, shaded blob (the *body*) carrying a small square
+*part* with a two-colour pattern of its class. The part alone names the class. The
+body is one texture family shared by every class: a classifier can learn to see it,
+but it says nothing about which class is there, so a CAM trained on image labels covers
+the part and little of the body (the gap PPL and GSLM exist to close). The body's hue
+never occurs in the background, and the background clutter is dull (never the parts'
+saturated colours), so a good CAM does not flood into the background. Bodies are
+striped and shaded so that a colour-driven CRF cannot fill them by itself.
+docs/synthetic_bench.md measures this premise on every bench run.
 
 Everything is deterministic from the seed. Output:
 
     <root>/JPEGImages/<id>.jpg, Annotations/<id>.xml
     <root>/SegmentationClass/<id>.png      train + val GT, 1-px boundary band = 255 (as VOC)
     <root>/SegmentationClassAug/<id>.png   train_aug + val GT, no boundary band (as SBD)
+    <root>/PartMasks/<id>.png              train_aug + val: c+1 on the visible part of each object
     <root>/ImageSets/Segmentation/{train,train_aug,val,test}.txt
     <root>/cls_labels.json                 via prepare_voc's label builder
     <root>/coco/{train2014,val2014,annotations}  optional COCO-style copy
@@ -33,7 +35,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from wsss.data.labels import COCO_CATEGORY_IDS, VOC_CLASSES
-from wsss.fileio import atomic_write_text, write_id_list, write_image, write_palette_png
+from wsss.fileio import atomic_write_json, atomic_write_text, write_id_list, write_image, write_palette_png
 
 # Distinct, saturated part colours (RGB); class c uses pair c.
 _PART_COLOURS = [
@@ -50,8 +52,6 @@ class ClassStyle:
     part_a: tuple[int, int, int]
     part_b: tuple[int, int, int]
     pattern: str
-    hue: float  # centre of the body hue distribution
-    stripe_freq: float  # centre of the body stripe frequency distribution
 
 
 @dataclass
@@ -72,8 +72,7 @@ def class_styles(num_classes: int) -> list[ClassStyle]:
         # a colour pair of its own for each class (pairs repeat, with other patterns, past n/2 classes)
         a = _PART_COLOURS[(2 * c) % n]
         b = _PART_COLOURS[(2 * c + 1 + 2 * (c // (n // 2))) % n]
-        styles.append(ClassStyle(a, b, _PATTERNS[c % len(_PATTERNS)], hue=c / num_classes,
-                                 stripe_freq=0.25 + 0.35 * ((c * 3) % num_classes) / max(num_classes - 1, 1)))
+        styles.append(ClassStyle(a, b, _PATTERNS[c % len(_PATTERNS)]))
     return styles
 
 
@@ -88,27 +87,6 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.nd
 
 def _hsv_rgb(h: float, s: float, v: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0), 1), min(max(v, 0), 1)), dtype=np.float32)
-
-
-def _texture(rng: np.random.Generator, h: int, w: int, hue: float, freq: float, yy: np.ndarray, xx: np.ndarray,
-             motif: tuple[int, int, int] | None) -> np.ndarray:
-    """A shaded, striped, noisy colour field of one hue; optional faint dotted motif."""
-    base = _hsv_rgb(hue, rng.uniform(0.35, 0.8), rng.uniform(0.45, 0.85))
-    other = _hsv_rgb(hue + rng.normal(0, 0.06), rng.uniform(0.2, 0.7), rng.uniform(0.3, 0.9))
-    theta = rng.uniform(0, np.pi)
-    phase = rng.uniform(0, 2 * np.pi)
-    stripes = 0.5 + 0.5 * np.sin((xx * np.cos(theta) + yy * np.sin(theta)) * freq * 2 * np.pi / 4 + phase)
-    mix = 0.55 * stripes + 0.45 * _smooth_noise(rng, h, w, int(rng.integers(3, 7)))
-    tex = base[None, None] * (1 - mix[..., None]) + other[None, None] * mix[..., None]
-    # shading: a linear light gradient across the image
-    a = rng.uniform(0, 2 * np.pi)
-    shade = 1.0 + rng.uniform(0.15, 0.35) * ((xx / w - 0.5) * np.cos(a) + (yy / h - 0.5) * np.sin(a)) * 2
-    tex = tex * shade[..., None]
-    if motif is not None:
-        dots = rng.random((h, w)) < rng.uniform(0.02, 0.05)
-        alpha = rng.uniform(0.2, 0.35)
-        tex[dots] = tex[dots] * (1 - alpha) + np.asarray(motif, np.float32)[None] / 255.0 * alpha
-    return tex
 
 
 def _blob_polygon(rng: np.random.Generator, cx: float, cy: float, r: float, n: int = 24) -> list[tuple[float, float]]:
@@ -148,18 +126,61 @@ def _part_pattern(style: ClassStyle, size: int) -> np.ndarray:
     return out / 255.0
 
 
-def render_scene(rng: np.random.Generator, size: int, styles: list[ClassStyle], max_tries: int = 20):
-    """One image (uint8 HWC), its label mask (0 = bg, c+1) and the instances."""
-    h = w = size
+# The premise of the bench (docs/synthetic_bench.md): the *part* alone names the class; the
+# *body* is one texture family shared by every class (learnable, never class-specific) whose
+# hues never occur in the background; the clutter is dull (saturation <= 0.4), so it carries
+# neither the parts' saturated colours nor the bodies' hue.
+BODY_HUE = 0.08  # brown-orange
+CLUTTER_HUE_GAP = 0.15  # clutter hues keep at least this distance (on the hue circle) from BODY_HUE
+PART_FRACTION = 0.12  # a part's side, as a fraction of the image's shorter side
+
+
+def _body_texture(rng: np.random.Generator, h: int, w: int, yy: np.ndarray, xx: np.ndarray, size: int) -> np.ndarray:
+    """The body family: a shaded, striped, noisy field around BODY_HUE (the same for every class)."""
+    base = _hsv_rgb(BODY_HUE + rng.normal(0, 0.015), rng.uniform(0.5, 0.8), rng.uniform(0.55, 0.85))
+    other = _hsv_rgb(BODY_HUE + rng.normal(0, 0.015), rng.uniform(0.35, 0.6), rng.uniform(0.3, 0.5))
+    theta, phase = rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
+    period = size * rng.uniform(0.05, 0.09)  # stripes in image-relative units: the same look at any size
+    stripes = 0.5 + 0.5 * np.sin((xx * np.cos(theta) + yy * np.sin(theta)) * 2 * np.pi / period + phase)
+    mix = 0.6 * stripes + 0.4 * _smooth_noise(rng, h, w, int(rng.integers(3, 7)))
+    tex = base[None, None] * (1 - mix[..., None]) + other[None, None] * mix[..., None]
+    a = rng.uniform(0, 2 * np.pi)
+    shade = 1.0 + rng.uniform(0.1, 0.3) * ((xx / w - 0.5) * np.cos(a) + (yy / h - 0.5) * np.sin(a)) * 2
+    return tex * shade[..., None]
+
+
+def _clutter_hue(rng: np.random.Generator) -> float:
+    while True:
+        hue = float(rng.random())
+        d = abs(hue - BODY_HUE)
+        if min(d, 1 - d) >= CLUTTER_HUE_GAP:
+            return hue
+
+
+def _clutter_texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Background and clutter: two dull colours (never the body's hue) mixed by smooth noise, sometimes speckled."""
+    a = _hsv_rgb(_clutter_hue(rng), rng.uniform(0.05, 0.4), rng.uniform(0.3, 0.9))
+    b = _hsv_rgb(_clutter_hue(rng), rng.uniform(0.05, 0.4), rng.uniform(0.3, 0.9))
+    mix = _smooth_noise(rng, h, w, int(rng.integers(4, 12)))
+    if rng.random() < 0.5:
+        mix = np.clip(0.6 * mix + (rng.random((h, w)) < 0.05), 0, 1)
+    return a[None, None] * (1 - mix[..., None]) + b[None, None] * mix[..., None]
+
+
+def render_scene(rng: np.random.Generator, size: int, styles: list[ClassStyle], max_tries: int = 20,
+                 hw: tuple[int, int] | None = None):
+    """One image (uint8 HWC), its label mask (0 = bg, c+1), its part mask (c+1 where an
+    object's part is visible, else 0) and the instances.
+
+    ``hw``: a non-square (height, width); object sizes then follow the shorter side."""
+    h, w = hw if hw is not None else (size, size)
+    size = min(h, w)
     k = len(styles)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     for _ in range(max_tries):
-        # background: a textured field plus clutter shapes of the same colours
-        img = _texture(rng, h, w, rng.random(), rng.uniform(0.2, 0.6), yy, xx, None)
+        img = _clutter_texture(rng, h, w)
         for _c in range(int(rng.integers(6, 12))):
-            hue = styles[int(rng.integers(k))].hue + rng.normal(0, 0.5 / k)
-            tex = _texture(rng, h, w, hue, rng.uniform(0.2, 0.6), yy, xx,
-                           tuple(int(v) for v in rng.integers(0, 256, 3)) if rng.random() < 0.5 else None)
+            tex = _clutter_texture(rng, h, w)
             cx, cy = rng.uniform(0, w), rng.uniform(0, h)
             r = rng.uniform(0.05, 0.2) * size
             if rng.random() < 0.5:
@@ -174,13 +195,13 @@ def render_scene(rng: np.random.Generator, size: int, styles: list[ClassStyle], 
         instances = []
         for _o in range(n_obj):
             c = int(rng.integers(k))
-            r = rng.uniform(0.18, 0.32) * size
+            r = rng.uniform(0.18, 0.30) * size
             cx, cy = rng.uniform(r * 0.8, w - r * 0.8), rng.uniform(r * 0.8, h - r * 0.8)
             poly = _blob_polygon(rng, cx, cy, r)
             body = _poly_mask(poly, h, w)
             if body.sum() < 50:
                 continue
-            part = max(6, int(round(size * 0.075)))
+            part = max(6, int(round(size * PART_FRACTION)))
             # the part sits fully inside the body, away from its edge
             ys, xs = np.nonzero(body)
             ok = False
@@ -202,24 +223,23 @@ def render_scene(rng: np.random.Generator, size: int, styles: list[ClassStyle], 
         label = np.zeros((h, w), np.uint8)
         owner = np.full((h, w), -1, np.int32)
         for i, inst in enumerate(instances):
-            st = styles[inst.cls]
-            hue = st.hue + rng.normal(0, 0.45 / k)
-            freq = st.stripe_freq + rng.normal(0, 0.12)
-            tex = _texture(rng, h, w, hue, max(freq, 0.1), yy, xx, st.part_a)
-            m = inst.mask
-            img[m] = tex[m]
-            x0, y0, x1, y1 = inst.part_box
-            img[y0:y1, x0:x1] = _part_pattern(st, x1 - x0)
-            label[m] = inst.cls + 1
-            owner[m] = i
+            tex = _body_texture(rng, h, w, yy, xx, size)
+            img[inst.mask] = tex[inst.mask]
+            label[inst.mask] = inst.cls + 1
+            owner[inst.mask] = i
         # every object's part must stay visible, or the image label would lie
-        visible = all((owner[i.part_box[1]:i.part_box[3], i.part_box[0]:i.part_box[2]] == n).mean() > 0.8
-                      for n, i in enumerate(instances))
-        if not visible:
+        if not all((owner[i.part_box[1]:i.part_box[3], i.part_box[0]:i.part_box[2]] == n).mean() > 0.8
+                   for n, i in enumerate(instances)):
             continue
+        parts = np.zeros((h, w), np.uint8)
+        for n, inst in enumerate(instances):
+            x0, y0, x1, y1 = inst.part_box
+            mine = owner[y0:y1, x0:x1] == n
+            img[y0:y1, x0:x1][mine] = _part_pattern(styles[inst.cls], x1 - x0)[mine]
+            parts[y0:y1, x0:x1][mine] = inst.cls + 1
         img = img + rng.normal(0, 0.03, img.shape).astype(np.float32)
         img = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
-        return img, label, instances
+        return img, label, parts, instances
     raise RuntimeError("could not place objects; image size too small?")
 
 
@@ -233,7 +253,7 @@ def boundary_band(label: np.ndarray) -> np.ndarray:
     return band
 
 
-def _annotation_xml(image_id: str, size: int, instances: list[Instance], classes: list[str]) -> str:
+def _annotation_xml(image_id: str, hw: tuple[int, int], instances: list[Instance], classes: list[str]) -> str:
     objs = []
     for inst in instances:
         ys, xs = np.nonzero(inst.mask)
@@ -248,7 +268,7 @@ def _annotation_xml(image_id: str, size: int, instances: list[Instance], classes
         "<annotation>\n  <folder>VOC2012</folder>\n"
         f"  <filename>{image_id}.jpg</filename>\n"
         "  <source><database>wsss synthetic mini-VOC</database></source>\n"
-        f"  <size><width>{size}</width><height>{size}</height><depth>3</depth></size>\n"
+        f"  <size><width>{hw[1]}</width><height>{hw[0]}</height><depth>3</depth></size>\n"
         "  <segmented>1</segmented>\n" + "".join(objs) + "</annotation>\n"
     )
 
@@ -268,7 +288,7 @@ def _rle_counts(mask: np.ndarray) -> list[int]:
     return counts
 
 
-def _write_coco(root: Path, splits: dict[str, list[str]], records: dict[str, list[Instance]], size: int,
+def _write_coco(root: Path, splits: dict[str, list[str]], records: dict[str, list[Instance]],
                 classes: list[str], crowd_rng: np.random.Generator) -> None:
     coco = root / "coco"
     for split_name, coco_name in (("train_aug", "train2014"), ("val", "val2014")):
@@ -284,13 +304,14 @@ def _write_coco(root: Path, splits: dict[str, list[str]], records: dict[str, lis
                     os.link(src, dst)
                 except OSError:
                     shutil.copyfile(src, dst)
-            images.append({"id": n + 1, "file_name": file_name, "height": size, "width": size})
+            h, w = records[image_id][0].mask.shape  # every image has an object
+            images.append({"id": n + 1, "file_name": file_name, "height": h, "width": w})
             for inst in records[image_id]:
                 ys, xs = np.nonzero(inst.mask)
                 bbox = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
                 crowd = bool(crowd_rng.random() < 0.1)
                 if crowd:
-                    seg = {"counts": _rle_counts(inst.mask), "size": [size, size]}
+                    seg = {"counts": _rle_counts(inst.mask), "size": [h, w]}
                 else:
                     seg = [[round(float(v), 2) for pt in inst.polygon for v in pt]]
                 anns.append({"id": len(anns) + 1, "image_id": n + 1, "category_id": COCO_CATEGORY_IDS[inst.cls],
@@ -301,10 +322,38 @@ def _write_coco(root: Path, splits: dict[str, list[str]], records: dict[str, lis
         atomic_write_text(coco / "annotations" / f"instances_{coco_name}.json", json.dumps(doc))
 
 
+def image_sizes(n: int, seed: int, image_size: int, width_range=None, height_range=None,
+                voc_sizes: bool = False) -> list[tuple[int, int]]:
+    """(height, width) of ``n`` images: ``image_size`` square by default; ``width_range`` /
+    ``height_range`` [lo, hi] (inclusive) draw each side; ``voc_sizes`` draws roughly VOC 2012's
+    mix: long side 500; 500x375 (w x h) in 40%, 375x500 12%, 500x333 12%, 333x500 5%, else a
+    short side in 300..499 (landscape 70%). Repeated sizes matter: equal-sized images batch.
+    The sizes come from a stream of their own, so the square default draws the scenes it always did."""
+    if not (width_range or height_range or voc_sizes):
+        return [(image_size, image_size)] * n
+    rng = np.random.default_rng([seed, 0x512E5])
+    common = [(375, 500), (500, 375), (333, 500), (500, 333)]
+    out = []
+    for _ in range(n):
+        if voc_sizes:
+            k = int(rng.choice(5, p=[0.40, 0.12, 0.12, 0.05, 0.31]))
+            short = int(rng.integers(300, 500))
+            out.append(common[k] if k < 4 else (short, 500) if rng.random() < 0.7 else (500, short))
+        else:
+            h = int(rng.integers(height_range[0], height_range[1] + 1)) if height_range else image_size
+            w = int(rng.integers(width_range[0], width_range[1] + 1)) if width_range else image_size
+            out.append((h, w))
+    return out
+
+
 def generate_synthetic_voc(root: str | os.PathLike, seed: int = 0, image_size: int = 128, num_train: int = 100,
                            num_aug: int = 700, num_val: int = 100, num_test: int = 20, num_classes: int = 5,
-                           classes: list[str] | None = None, write_coco: bool = False, verbose: bool = False) -> dict:
-    """Write the synthetic mini-VOC under ``root`` (the VOC2012-style folder); return a summary."""
+                           classes: list[str] | None = None, write_coco: bool = False, verbose: bool = False,
+                           width_range=None, height_range=None, voc_sizes: bool = False) -> dict:
+    """Write the synthetic mini-VOC under ``root`` (the VOC2012-style folder); return a summary.
+
+    Images are ``image_size`` squares unless ``width_range``/``height_range`` or ``voc_sizes``
+    ask for non-square ones (see :func:`image_sizes`)."""
     from wsss.data.voc import prepare_voc
 
     t0 = time.time()
@@ -325,16 +374,18 @@ def generate_synthetic_voc(root: str | os.PathLike, seed: int = 0, image_size: i
         "val": [f"2009_{i:06d}" for i in range(num_val)],
         "test": [f"2010_{i:06d}" for i in range(num_test)],
     }
-    for d in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation"):
+    for d in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationClassAug", "PartMasks", "ImageSets/Segmentation"):
         (root / d).mkdir(parents=True, exist_ok=True)
     records: dict[str, list[Instance]] = {}
     pixel_counts = np.zeros(num_classes + 1, np.int64)
+    sizes = iter(image_sizes(sum(len(v) for v in splits.values()), seed, image_size, width_range, height_range, voc_sizes))
     for split, ids in splits.items():
         for image_id in ids:
-            img, label, instances = render_scene(rng, image_size, styles)
+            hw = next(sizes)
+            img, label, parts, instances = render_scene(rng, image_size, styles, hw=hw)
             records[image_id] = instances
             write_image(root / "JPEGImages" / f"{image_id}.jpg", img, quality=92)
-            atomic_write_text(root / "Annotations" / f"{image_id}.xml", _annotation_xml(image_id, image_size, instances, classes))
+            atomic_write_text(root / "Annotations" / f"{image_id}.xml", _annotation_xml(image_id, hw, instances, classes))
             pixel_counts += np.bincount(label.ravel(), minlength=num_classes + 1)
             if split in ("train", "val"):
                 voc_gt = label.copy()
@@ -342,6 +393,7 @@ def generate_synthetic_voc(root: str | os.PathLike, seed: int = 0, image_size: i
                 write_palette_png(root / "SegmentationClass" / f"{image_id}.png", voc_gt)
             if split != "test":
                 write_palette_png(root / "SegmentationClassAug" / f"{image_id}.png", label)
+                write_palette_png(root / "PartMasks" / f"{image_id}.png", parts)
     lists = {
         "train": splits["train"],
         "val": splits["val"],
@@ -352,15 +404,17 @@ def generate_synthetic_voc(root: str | os.PathLike, seed: int = 0, image_size: i
         write_id_list(root / "ImageSets" / "Segmentation" / f"{name}.txt", ids)
     # the same label builder a VOC user runs (it also rebuilds train_aug from SegmentationClassAug - val)
     report = prepare_voc(root, classes=classes, strict_standard=False)
+    atomic_write_json(root / RECORD, _settings(seed, image_size, num_train, num_aug, num_val, num_test, num_classes, write_coco,
+                                               width_range, height_range, voc_sizes))
     assert report["counts"]["train_aug"] == len(lists["train_aug"]), report["counts"]
     if write_coco:
-        _write_coco(root, {"train_aug": lists["train_aug"], "val": lists["val"]}, records, image_size, classes,
+        _write_coco(root, {"train_aug": lists["train_aug"], "val": lists["val"]}, records, classes,
                     np.random.default_rng(seed + 1))
     fg = pixel_counts[1:].sum() / pixel_counts.sum()
     summary = {
         "root": str(root),
         "classes": classes,
-        "image_size": image_size,
+        "image_size": image_size if not (width_range or height_range or voc_sizes) else "varied",
         "counts": {k: len(v) for k, v in lists.items()},
         "foreground_fraction": round(float(fg), 4),
         "objects_per_image": round(float(np.mean([len(v) for v in records.values()])), 3),
@@ -381,22 +435,56 @@ def ensure_data(cfg) -> None:
         raise DataError(f"{cfg.data.root}: data root does not exist (data.root)")
 
 
+GENERATOR_VERSION = 2  # bumped whenever the same settings draw other images (2: the premise scenes)
+RECORD = "synthetic.json"  # in the data root: the settings and generator version it was made with
+
+
+def _settings(seed, image_size, num_train, num_aug, num_val, num_test, num_classes, write_coco, width_range=None,
+              height_range=None, voc_sizes=False) -> dict:
+    return {"version": GENERATOR_VERSION, "seed": seed, "image_size": image_size, "num_train": num_train,
+            "num_aug": num_aug, "num_val": num_val, "num_test": num_test, "num_classes": num_classes,
+            "write_coco": bool(write_coco), "width_range": list(width_range) if width_range else None,
+            "height_range": list(height_range) if height_range else None, "voc_sizes": bool(voc_sizes)}
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def ensure_synthetic(cfg) -> bool:
     """Generate the configured synthetic mini-VOC when its data.root does not exist yet.
 
-    Returns True when it generated. Safe under torchrun: rank 0 generates into a
-    temporary folder that is renamed into place, the others wait for it.
+    Returns True when it generated. A finished root made with other data.synthetic settings
+    (or by an older generator) is an error naming them, never silently reused. Safe under
+    torchrun: rank 0 generates into a temporary folder that is renamed into place, the
+    others wait for it.
     """
     if cfg.data.dataset != "synthetic":
         return False
-    root = Path(cfg.data.root)
-    if (root / "cls_labels.json").is_file():
-        return False
-    from wsss.engine.distributed import barrier, get_rank
+    from wsss.fileio import DataError, read_json
 
+    root = Path(cfg.data.root)
+    s = cfg.data.synthetic
+    want = _settings(s.seed, s.image_size, s.num_train, s.num_aug, s.num_val, s.num_test, s.num_classes, s.write_coco,
+                     s.width_range, s.height_range, s.voc_sizes)
+    if (root / "cls_labels.json").is_file():
+        have = read_json(root / RECORD) if (root / RECORD).is_file() else {}
+        if have != want:
+            changed = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+            raise DataError(f"{root}: made with other data.synthetic settings or an older generator "
+                            f"({', '.join(changed)}); remove it to regenerate, or point data.root elsewhere")
+        return False
     generated = False
-    if get_rank() == 0 and not (root / "cls_labels.json").is_file():
-        s = cfg.data.synthetic
+    if _rank() == 0 and not (root / "cls_labels.json").is_file():
         if root.exists() and any(root.iterdir()):
             raise FileExistsError(f"{root}: exists but holds no cls_labels.json; not a finished synthetic dataset (remove it)")
         tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
@@ -404,11 +492,12 @@ def ensure_synthetic(cfg) -> bool:
             shutil.rmtree(tmp)
         print(f"generating the synthetic mini-VOC in {root} ...", flush=True)
         generate_synthetic_voc(tmp, seed=s.seed, image_size=s.image_size, num_train=s.num_train, num_aug=s.num_aug,
-                               num_val=s.num_val, num_test=s.num_test, num_classes=s.num_classes, write_coco=s.write_coco)
+                               num_val=s.num_val, num_test=s.num_test, num_classes=s.num_classes, write_coco=s.write_coco,
+                               width_range=s.width_range, height_range=s.height_range, voc_sizes=s.voc_sizes)
         if root.exists():
             root.rmdir()
         root.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, root)
         generated = True
-    barrier()
+    _barrier()
     return generated

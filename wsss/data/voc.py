@@ -6,6 +6,7 @@
     <root>/SegmentationClassAug/<id>.png     SBD-derived GT of train_aug (optional)
     <root>/ImageSets/Segmentation/{train,val,test,train_aug}.txt
     <root>/cls_labels.json                    written by prepare_voc (image-level labels)
+    <root>/PartMasks/<id>.png                 synthetic data only: each object's part (c+1)
 
 COCO 2014 is converted into the same layout by ``prepare_coco``.
 """
@@ -44,6 +45,11 @@ class VOCLayout:
 
     def image(self, image_id: str) -> Path:
         return self.image_dir / f"{image_id}.jpg"
+
+    @property
+    def part_dir(self) -> Path:
+        """The synthetic data's part masks (VOC and COCO have none)."""
+        return self.root / "PartMasks"
 
     def annotation(self, image_id: str) -> Path:
         return self.annotation_dir / f"{image_id}.xml"

@@ -22,19 +22,29 @@ class CRFParams:
     bilateral_sxy: float = 50.0
     bilateral_srgb: float = 5.0
     bilateral_compat: float = 10.0
+    # > 0: the two sxy (pixel units) were set for images of this long side and scale with
+    # each image's long side (sxy * max(H, W) / reference_size); 0: used as given
+    reference_size: float = 0.0
 
     @classmethod
     def from_pseudo(cls, p) -> "CRFParams":
-        return cls(p.crf_iters, p.gt_prob, p.gauss_sxy, p.gauss_compat, p.bilateral_sxy, p.bilateral_srgb, p.bilateral_compat)
+        return cls(p.crf_iters, p.gt_prob, p.gauss_sxy, p.gauss_compat, p.bilateral_sxy, p.bilateral_srgb, p.bilateral_compat,
+                   p.crf_reference_size)
+
+    def sxy_for(self, h: int, w: int) -> tuple[float, float]:
+        """(Gaussian sxy, bilateral sxy) for an image of h x w pixels."""
+        f = max(h, w) / self.reference_size if self.reference_size > 0 else 1.0
+        return self.gauss_sxy * f, self.bilateral_sxy * f
 
 
 def _dense_crf(img: np.ndarray, n_labels: int, p: CRFParams):
     import pydensecrf.densecrf as dcrf
 
     h, w = img.shape[:2]
+    g_sxy, b_sxy = p.sxy_for(h, w)
     d = dcrf.DenseCRF2D(w, h, n_labels)
-    d.addPairwiseGaussian(sxy=p.gauss_sxy, compat=p.gauss_compat)
-    d.addPairwiseBilateral(sxy=p.bilateral_sxy, srgb=p.bilateral_srgb, rgbim=np.ascontiguousarray(img), compat=p.bilateral_compat)
+    d.addPairwiseGaussian(sxy=g_sxy, compat=p.gauss_compat)
+    d.addPairwiseBilateral(sxy=b_sxy, srgb=p.bilateral_srgb, rgbim=np.ascontiguousarray(img), compat=p.bilateral_compat)
     return d
 
 

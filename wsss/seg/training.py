@@ -13,6 +13,7 @@ from wsss.data.voc import VOCLayout
 from wsss.engine.checkpoint import unwrap
 from wsss.engine.trainer import Phase, Schedule, TrainContext, make_context, run_phases, setup_runtime
 from wsss.models.deeplab import build_deeplab, seg_param_groups, segmentation_loss
+from wsss.pretrain import ensure_pretrained
 
 
 def seg_schedule(cfg: Config) -> Schedule:
@@ -52,6 +53,8 @@ def seg_phase(cfg: Config) -> Phase:
 def train_seg(cfg: Config, resume: bool = True) -> Path:
     device = setup_runtime(cfg)
     ensure_data(cfg)
+    if cfg.seg.weights == cfg.model.weights:
+        ensure_pretrained(cfg, device)  # the project's pretrained start, as the CAM network's
     out = Path(cfg.seg.out_dir)
     ctx = make_context(cfg, device, out / "checkpoints", tb_subdir="tb_seg")
     if ctx.is_main:
