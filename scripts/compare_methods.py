@@ -3,7 +3,7 @@
 train_cam -> make_cam -> eval_cam -> make_pseudo -> eval_pseudo on the same synthetic data,
 each on several training seeds and once on a held-out data seed, the premise check on the
 baseline, and the controls (untrained network, GSLM with sr_weight 0, with ground-truth and
-with flipped ground-truth SR targets, PPL with cam_source full). Writes <out>/bench.{json,md}
+with shifted ground-truth SR targets, PPL with cam_source full). Writes <out>/bench.{json,md}
 (docs/synthetic_bench.md explains every column and the verdict rule).
 
     python scripts/compare_methods.py                       # about 70 minutes on 2 CPU cores

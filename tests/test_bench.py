@@ -1,10 +1,10 @@
 """The synthetic bench's rules: the premise check, the verdict (an effect only beyond 2 std of
-the baseline), the aggregation over seeds, the flipped-target control's masks."""
+the baseline), the aggregation over seeds, the shifted-target control's masks."""
 import numpy as np
 import pytest
 
 from wsss.cam.premise import check_premise
-from wsss.compare import BASELINE, aggregate, verdict, write_flipped_masks
+from wsss.compare import BASELINE, aggregate, verdict, write_shifted_masks
 
 
 def _cam_eval(part, body, prec, rec):
@@ -39,11 +39,12 @@ def test_verdict_and_aggregate():
     assert agg["X"]["part"]["mean"] is None  # a metric no run reported
 
 
-def test_flipped_targets_are_the_mirrored_ground_truth(tiny_root, tmp_path):
+def test_shifted_targets_are_the_rolled_ground_truth(tiny_root, tmp_path):
     from wsss.fileio import read_mask
 
-    out = write_flipped_masks(tiny_root, tmp_path / "flipped")
+    out = write_shifted_masks(tiny_root, tmp_path / "shifted")
     gts = sorted((tiny_root / "SegmentationClassAug").glob("*.png"))
     assert len(list(out.glob("*.png"))) == len(gts)
     for p in gts[:5]:
-        assert np.array_equal(read_mask(out / p.name), read_mask(p)[:, ::-1])
+        m = read_mask(p)
+        assert np.array_equal(read_mask(out / p.name), np.roll(m, m.shape[1] // 2, axis=1))

@@ -27,11 +27,25 @@ def test_cam_chain_end_to_end(tiny_root, tmp_path):
     assert f"{res['miou'] * 100:.2f} at best threshold {res['best_threshold']:.2f}" in out.stdout
     assert res["num_images"] == 12 and len(res["curve"]) == 56 and "config" in res
     assert (work / "metrics" / "cam_eval.md").read_text().startswith("# CAM evaluation")
+    # the synthetic data's part masks give the part / body / background coverage, at the best
+    # threshold and at the fixed one, per class and overall
+    cov = res["coverage"]
+    assert cov["best"]["threshold"] == res["best_threshold"] and cov["fixed"]["threshold"] == 0.30
+    for key in ("best", "fixed"):
+        assert all(0 <= cov[key][m] <= 1 for m in ("part", "body", "background_fp"))
+        assert set(cov[key]["per_class"]) == {"aeroplane", "bicycle", "bird"}
+    assert "part covered" in out.stdout and "## Coverage of parts and bodies" in (work / "metrics" / "cam_eval.md").read_text()
     out = run_script("make_pseudo.py", *args)
     assert len(list((work / "pseudo").glob("*.png"))) == 24
     pe = json.loads((work / "metrics" / "pseudo_eval.json").read_text())
     assert 0 <= pe["miou_255_as_background"] <= 1 and 0 < pe["confident_fraction"] <= 1
     assert f"{pe['miou_255_as_background'] * 100:.2f} (255 as background)" in out.stdout
+    # the bench's premise check runs on these real evaluations (a 1-epoch net need not meet it)
+    from wsss.cam.premise import check_premise
+
+    premise = check_premise(res, pe)
+    assert set(premise["checks"]) == {"parts_covered", "bodies_not_covered", "no_flooding", "pseudo_precision"}
+    assert premise["ok"] == all(c["ok"] for c in premise["checks"].values())
     out = run_script("visualize.py", *args, "--n", "2")
     assert len(list((work / "vis").glob("*.png"))) == 2
     # a rerun of make_cam skips every finished file

@@ -130,15 +130,15 @@ def test_vectorised_loss_equals_the_per_image_per_class_loop():
 def test_ground_truth_sr_targets_control(tiny_root, tmp_path):
     """The bench's control, on tiny data: from the same GLM, one SLM round with ground-truth
     masks as SR targets raises the CAM mIoU by >= 5 points and beats the same round with
-    sr_weight 0; flipped ground-truth masks (right classes, wrong places) do not beat it."""
+    sr_weight 0; shifted ground-truth masks (right classes, wrong places) do not beat it."""
     from conftest import CONFIGS, run_script, tiny_overrides
-    from wsss.compare import write_flipped_masks
+    from wsss.compare import write_shifted_masks
 
-    flipped = write_flipped_masks(tiny_root, tmp_path / "flipped")
+    shifted = write_shifted_masks(tiny_root, tmp_path / "shifted")
     common = {"gslm.rounds": 1, "gslm.epochs": 6, "gslm.lr": 0.01, "train.epochs": 2, "train.lr": 0.05,
               "train.momentum": 0.9, "train.head_lr_mult": 1.0}
     results = {}
-    for name, extra in (("gt", {"gslm.target_masks": "SegmentationClassAug"}), ("flipped", {"gslm.target_masks": str(flipped)}),
+    for name, extra in (("gt", {"gslm.target_masks": "SegmentationClassAug"}), ("shifted", {"gslm.target_masks": str(shifted)}),
                         ("sr0", {"gslm.sr_weight": 0.0})):
         work = tmp_path / name  # the same seed: the same GLM in every run (checked below)
         run_script("train_cam.py", "--config", str(CONFIGS / "gslm/gslm_r18_synthetic.yaml"),
@@ -149,4 +149,4 @@ def test_ground_truth_sr_targets_control(tiny_root, tmp_path):
     glm_miou = results["gt"][0]
     assert results["gt"][1] - glm_miou >= 0.05, results
     assert results["gt"][1] > results["sr0"][1], results
-    assert results["flipped"][1] <= results["sr0"][1] + 0.01, results
+    assert results["shifted"][1] <= results["sr0"][1] + 0.01, results

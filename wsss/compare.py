@@ -9,7 +9,7 @@ held-out data seed that no config was tuned on. The bench then
 * reports each arm's mean and standard deviation, and calls a difference from the baseline
   an effect only when it is larger than twice the baseline's standard deviation;
 * runs the controls: the untrained network (the scale), GSLM with ``sr_weight=0`` (SLM
-  fine-tuning without seed reactivation), GSLM with ground-truth and with flipped
+  fine-tuning without seed reactivation), GSLM with ground-truth and with shifted
   ground-truth SR targets (the machinery with right and with wrong targets), PPL with
   ``cam_source=full`` against ``concat``.
 
@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 from wsss.fileio import atomic_write_json, atomic_write_text, read_json
-from wsss.reporting import md_table
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = "train_cam,make_cam,eval_cam,make_pseudo,eval_pseudo"
@@ -57,18 +56,21 @@ class Control:
     overrides: list[str]
     stages: str = STAGES
     expect: str = ""  # what it must show, in words
+    weights_of: str = ""  # an arm: reuse its first seed's trained weights (CAMs only, no training)
 
 
 CONTROLS = [
     Control("untrained network", BASELINE, ["train.epochs=0"], "train_cam,make_cam,eval_cam",
             "the scale: CAMs of the network before any training step"),
-    Control("GSLM, sr_weight 0", "GSLM", ["gslm.sr_weight=0"], expect="the SLM rounds without seed reactivation"),
-    Control("GSLM, ground-truth SR targets", "GSLM", ["gslm.target_masks=SegmentationClassAug"],
+    # one SLM round each: the targets under test are round 1's
+    Control("GSLM, sr_weight 0", "GSLM", ["gslm.rounds=1", "gslm.sr_weight=0"],
+            expect="one SLM round without seed reactivation"),
+    Control("GSLM, ground-truth SR targets", "GSLM", ["gslm.rounds=1", "gslm.target_masks=SegmentationClassAug"],
             expect="right targets: CAM mIoU >= 5 points above the GLM and above sr_weight 0"),
-    Control("GSLM, flipped ground-truth SR targets", "GSLM", ["gslm.target_masks={flipped}"],
+    Control("GSLM, shifted ground-truth SR targets", "GSLM", ["gslm.rounds=1", "gslm.target_masks={shifted}"],
             expect="wrong targets: no gain over sr_weight 0"),
-    Control("PPL progressive, cam_source full", "PPL progressive", ["ppl.cam_source=full"],
-            expect="the full path's CAM instead of the concatenated one"),
+    Control("PPL progressive, cam_source full", "PPL progressive", ["ppl.cam_source=full"], "make_cam,eval_cam",
+            expect="the full path's CAM of the same weights instead of the concatenated one", weights_of="PPL progressive"),
 ]
 
 
@@ -125,14 +127,17 @@ def collect_run(work: Path, seconds: float | None = None) -> dict:
     return row
 
 
-def write_flipped_masks(root: Path, out: Path) -> Path:
-    """Ground-truth masks flipped left-right: SR targets of the right classes in the wrong places."""
+def write_shifted_masks(root: Path, out: Path) -> Path:
+    """Ground-truth masks rolled by half the image width: SR targets of the right classes and
+    sizes in the wrong places. (Flipped masks are no such control: objects near the middle
+    land on themselves; on tiny data they helped as much as the right masks.)"""
     from wsss.fileio import read_mask, write_palette_png
 
     done = out / "done"
     if not done.is_file():
         for p in sorted((root / "SegmentationClassAug").glob("*.png")):
-            write_palette_png(out / p.name, np.ascontiguousarray(read_mask(p)[:, ::-1]))
+            m = read_mask(p)
+            write_palette_png(out / p.name, np.ascontiguousarray(np.roll(m, m.shape[1] // 2, axis=1)))
         done.write_text("ok\n")
     return out
 
@@ -169,7 +174,7 @@ def verdict(diff: float, baseline_std: float) -> str:
 
 
 def run_bench(b: Bench, results: str | None = None) -> dict:
-    from wsss.results import provenance_fields, publish
+    from wsss.results import provenance_fields, publish, render_bench
 
     t0 = time.perf_counter()
     runs: dict[str, list[dict]] = {}
@@ -191,14 +196,16 @@ def run_bench(b: Bench, results: str | None = None) -> dict:
         root = Path(load_config(str(REPO / ARMS[BASELINE]), [*b.overrides, *data_overrides(b.data_seed)]).data.root)
         if not root.is_absolute():
             root = REPO / root
-        flipped = None
+        shifted = None
         for c in CONTROLS:
             if c.arm not in b.arms:
                 continue
             over = list(c.overrides)
-            if any("{flipped}" in o for o in over):
-                flipped = flipped or write_flipped_masks(root, b.out / "flipped_gt")
-                over = [o.replace("{flipped}", str(flipped)) for o in over]
+            if any("{shifted}" in o for o in over):
+                shifted = shifted or write_shifted_masks(root, b.out / "shifted_gt")
+                over = [o.replace("{shifted}", str(shifted)) for o in over]
+            if c.weights_of:
+                over.append(f"cam.checkpoint={b.out / slug(c.weights_of) / f'seed{b.seeds[0]}' / 'checkpoints' / 'final.pth'}")
             work = b.out / "controls" / slug(c.name)
             row = run_one(c.name, b.arms[c.arm], work, [*b.overrides, *data_overrides(b.data_seed), f"seed={b.seeds[0]}", *over],
                           c.stages)
@@ -227,7 +234,7 @@ def premise_summary(base_runs: list[dict], heldout: dict | None) -> dict:
 def control_checks(runs: dict[str, list[dict]], controls: list[dict]) -> dict:
     """The ground-truth-target control against its expectations (None where a run is missing)."""
     by = {c["name"]: c for c in controls}
-    gt, flipped, no_sr = (by.get("GSLM, ground-truth SR targets"), by.get("GSLM, flipped ground-truth SR targets"),
+    gt, shifted, no_sr = (by.get("GSLM, ground-truth SR targets"), by.get("GSLM, shifted ground-truth SR targets"),
                           by.get("GSLM, sr_weight 0"))
     glm = None
     if gt and gt.get("gslm_rounds"):
@@ -238,72 +245,6 @@ def control_checks(runs: dict[str, list[dict]], controls: list[dict]) -> dict:
         out["gt_targets_gain_over_glm"] = gt["cam_miou"] - glm
     if gt and no_sr:
         out["gt_targets_beat_sr_weight_0"] = gt["cam_miou"] > no_sr["cam_miou"]
-    if flipped and no_sr:
-        out["flipped_targets_no_gain_over_sr_weight_0"] = flipped["cam_miou"] <= no_sr["cam_miou"] + 0.01
+    if shifted and no_sr:
+        out["shifted_targets_no_gain_over_sr_weight_0"] = shifted["cam_miou"] <= no_sr["cam_miou"] + 0.01
     return out
-
-
-# --------------------------------------------------------------------------
-# tables
-# --------------------------------------------------------------------------
-def pm(v: dict, scale: float = 100.0) -> str:
-    if v.get("mean") is None:
-        return "-"
-    return f"{scale * v['mean']:.2f} ± {scale * v['std']:.2f}"
-
-
-def render_bench(d: dict) -> str:
-    agg = d["aggregate"]
-    n = len(d["seeds"])
-    rows = []
-    for arm, a in agg.items():
-        rows.append([arm] + [pm(a[m]) for m in ("cam_miou", "cam_crf_miou", "pseudo_miou_255_as_bg", "part", "body",
-                                                  "background_fp")]
-                    + [_diff(a["cam_miou"]), a["cam_miou"].get("effect", "-")])
-    md = (f"## Arms: {n} training seeds on data seed {d['data_seed']} (mean ± std)\n\n"
-          + md_table(["arm", "CAM mIoU", "CAM+CRF mIoU", "pseudo-mask mIoU", "part covered", "body covered",
-                      "background FP", "CAM mIoU vs baseline", "verdict (> 2 std of baseline)"], rows))
-    h = d["heldout"]
-    if h:
-        base = h.get(BASELINE, {}).get("cam_miou")
-        md += (f"\n## Held-out data seed {d['heldout_data_seed']} (one training seed, no config tuned on it)\n\n"
-               + md_table(["arm", "CAM mIoU", "CAM+CRF mIoU", "pseudo-mask mIoU", "part covered", "body covered",
-                           "CAM mIoU vs baseline"],
-                          [[arm, _p(r.get("cam_miou")), _p(r.get("cam_crf_miou")), _p(r.get("pseudo_miou_255_as_bg")),
-                            _p(r.get("part")), _p(r.get("body")),
-                            "-" if arm == BASELINE or base is None or r.get("cam_miou") is None else f"{100 * (r['cam_miou'] - base):+.2f}"]
-                           for arm, r in h.items()]))
-    if d["controls"]:
-        md += "\n## Controls (training seed " + str(d["seeds"][0]) + ")\n\n" + md_table(
-            ["control", "CAM mIoU", "CAM+CRF mIoU", "pseudo-mask mIoU", "body covered", "what it shows"],
-            [[c["name"], _p(c.get("cam_miou")), _p(c.get("cam_crf_miou")), _p(c.get("pseudo_miou_255_as_bg")),
-              _p(c.get("body")), c["expect"]] for c in d["controls"]])
-        if d["control_checks"]:
-            md += "\n" + "\n".join(f"* {k}: {_check(v)}" for k, v in d["control_checks"].items()) + "\n"
-    p = d["premise"]
-    md += (f"\n## Premise (baseline runs)\n\n{'met' if p['ok'] else '**not met**'} in {p['runs'] - len(p['failed'])} of "
-           f"{p['runs']} baseline runs (parts >= 90% covered, bodies <= 60%, every class's precision above its recall, "
-           "pseudo-mask precision >= 80%)\n")
-    base_runs = d["runs"].get(BASELINE, [])
-    if base_runs and base_runs[0].get("premise"):
-        md += "\n" + md_table(["seed", "parts covered", "bodies covered", "flooding classes", "pseudo precision", "ok"],
-                              [[r["seed"], _p(r["premise"]["checks"]["parts_covered"]["value"]),
-                                _p(r["premise"]["checks"]["bodies_not_covered"]["value"]),
-                                ", ".join(r["premise"]["checks"]["no_flooding"]["value"]) or "none",
-                                _p(r["premise"]["checks"].get("pseudo_precision", {}).get("value")),
-                                "yes" if r["premise"]["ok"] else "**no**"] for r in base_runs])
-    return md
-
-
-def _p(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
-
-
-def _diff(v: dict) -> str:
-    return "-" if v.get("diff") is None else f"{100 * v['diff']:+.2f}"
-
-
-def _check(v) -> str:
-    if isinstance(v, bool):
-        return "yes" if v else "**no**"
-    return f"{100 * v:+.2f} points"

@@ -17,7 +17,6 @@ never silently used.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import time
