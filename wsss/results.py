@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from wsss.fileio import atomic_write_json, read_json
+from wsss.reporting import md_table
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "docs" / "results"
+BASELINE = "baseline CAM"  # the bench's baseline arm (wsss.compare.ARMS)
 SECTIONS = {"demo": ["demo", "compare"], "compare": ["compare"], "gslm_rounds": ["compare"], "benchmark": ["benchmark"]}
 
 
@@ -161,9 +163,73 @@ def render_demo(demo: dict, compare: dict | None) -> str:
     return out
 
 
-def render_compare(doc: dict) -> str:
-    from wsss.compare import render_bench
+# --------------------------------------------------------------------------
+# the bench's tables (scripts/compare_methods.py)
+# --------------------------------------------------------------------------
+def pm(v: dict, scale: float = 100.0) -> str:
+    if v.get("mean") is None:
+        return "-"
+    return f"{scale * v['mean']:.2f} ± {scale * v['std']:.2f}"
 
+
+def render_bench(d: dict) -> str:
+    agg = d["aggregate"]
+    n = len(d["seeds"])
+    rows = []
+    for arm, a in agg.items():
+        rows.append([arm] + [pm(a[m]) for m in ("cam_miou", "cam_crf_miou", "pseudo_miou_255_as_bg", "part", "body",
+                                                  "background_fp")]
+                    + [_diff(a["cam_miou"]), a["cam_miou"].get("effect", "-")])
+    md = (f"## Arms: {n} training seeds on data seed {d['data_seed']} (mean ± std)\n\n"
+          + md_table(["arm", "CAM mIoU", "CAM+CRF mIoU", "pseudo-mask mIoU", "part covered", "body covered",
+                      "background FP", "CAM mIoU vs baseline", "verdict (> 2 std of baseline)"], rows))
+    h = d["heldout"]
+    if h:
+        base = h.get(BASELINE, {}).get("cam_miou")
+        md += (f"\n## Held-out data seed {d['heldout_data_seed']} (one training seed, no config tuned on it)\n\n"
+               + md_table(["arm", "CAM mIoU", "CAM+CRF mIoU", "pseudo-mask mIoU", "part covered", "body covered",
+                           "CAM mIoU vs baseline"],
+                          [[arm, _p(r.get("cam_miou")), _p(r.get("cam_crf_miou")), _p(r.get("pseudo_miou_255_as_bg")),
+                            _p(r.get("part")), _p(r.get("body")),
+                            "-" if arm == BASELINE or base is None or r.get("cam_miou") is None else f"{100 * (r['cam_miou'] - base):+.2f}"]
+                           for arm, r in h.items()]))
+    if d["controls"]:
+        md += "\n## Controls (training seed " + str(d["seeds"][0]) + ")\n\n" + md_table(
+            ["control", "CAM mIoU", "CAM+CRF mIoU", "pseudo-mask mIoU", "body covered", "what it shows"],
+            [[c["name"], _p(c.get("cam_miou")), _p(c.get("cam_crf_miou")), _p(c.get("pseudo_miou_255_as_bg")),
+              _p(c.get("body")), c["expect"]] for c in d["controls"]])
+        if d["control_checks"]:
+            md += "\n" + "\n".join(f"* {k}: {_check(v)}" for k, v in d["control_checks"].items()) + "\n"
+    p = d["premise"]
+    md += (f"\n## Premise (baseline runs)\n\n{'met' if p['ok'] else '**not met**'} in {p['runs'] - len(p['failed'])} of "
+           f"{p['runs']} baseline runs (parts >= 90% covered, bodies <= 60%, every class's precision above its recall, "
+           "pseudo-mask precision >= 80%)\n")
+    base_runs = d["runs"].get(BASELINE, [])
+    if base_runs and base_runs[0].get("premise"):
+        md += "\n" + md_table(["seed", "parts covered", "bodies covered", "flooding classes", "pseudo precision", "ok"],
+                              [[r["seed"], _p(r["premise"]["checks"]["parts_covered"]["value"]),
+                                _p(r["premise"]["checks"]["bodies_not_covered"]["value"]),
+                                ", ".join(r["premise"]["checks"]["no_flooding"]["value"]) or "none",
+                                _p(r["premise"]["checks"].get("pseudo_precision", {}).get("value")),
+                                "yes" if r["premise"]["ok"] else "**no**"] for r in base_runs])
+    return md
+
+
+def _p(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def _diff(v: dict) -> str:
+    return "-" if v.get("diff") is None else f"{100 * v['diff']:+.2f}"
+
+
+def _check(v) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "**no**"
+    return f"{100 * v:+.2f} points"
+
+
+def render_compare(doc: dict) -> str:
     d = doc["data"]
     took = f"; {int(d['wall_seconds'] // 60)} min in all" if d.get("wall_seconds") else ""
     return (f"Measured with `{doc['command']}` ({made_on(doc)}{took}), which also writes "
