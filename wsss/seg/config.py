@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from wsss.config import AugConfig, register_section
-from wsss.registry import register_finalizer
+from wsss.config import AugConfig
+from wsss.registry import register_finalizer, register_section
 
 
 def _seg_aug() -> AugConfig:
