@@ -38,6 +38,11 @@ CLI = "the command line"
 # --------------------------------------------------------------------------
 # Schema of the shared layer
 # --------------------------------------------------------------------------
+# The ResNet depths every network here is built on (wsss.models.backbones.ARCHS); the one list.
+Backbone = Literal["resnet18", "resnet34", "resnet50", "resnet101"]
+BACKBONES: tuple[str, ...] = typing.get_args(Backbone)
+
+
 @dataclass
 class AugConfig:
     """Geometric and photometric training augmentation (image and mask jointly)."""
@@ -84,7 +89,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "cam_net"  # a registered CAM model (see wsss.registry)
-    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
+    backbone: Backbone = "resnet50"
     weights: str = "IMAGENET1K_V1"  # torchvision weights name, a local file, or "none"
     output_stride: Literal[8, 16, 32] = 16
     # "stride": remove strides without dilation (the IRN/GSLM CAM network);
