@@ -16,17 +16,17 @@ pseudo-mask mIoU. Outputs::
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
+from gslm.config import GSLMConfig  # noqa: F401  (re-exported: gslm.slm.GSLMConfig)
 from gslm.loss import seed_reactivation_loss
+from gslm.outputs import ROUNDS_TABLE, round_dir
 from wsss.cam.evaluate import evaluate_cams
 from wsss.cam.make import make_cams
 from wsss.cam.training import cam_param_groups, classification_dataset, visualize_first
-from wsss.config import ConfigError, register_section
+from wsss.config import ConfigError
 from wsss.data.labels import ImageLabels
 from wsss.engine.checkpoint import unwrap
 from wsss.engine.distributed import barrier
@@ -34,39 +34,7 @@ from wsss.engine.trainer import Phase, Schedule, TrainContext
 from wsss.fileio import read_json
 from wsss.models.cam_net import multilabel_soft_margin
 from wsss.pseudo.make import evaluate_masks, make_pseudo_masks
-from wsss.registry import register_cam_source, register_extra_phases
 from wsss.reporting import fmt, md_table, save_metrics
-
-
-@dataclass
-class GSLMConfig:
-    rounds: int = 0  # R SLM rounds after the GLM; 0 = the GLM alone
-    epochs: int = 10  # E per round
-    lr: float = 0.001  # backbone; head at lr * head_lr_mult
-    head_lr_mult: float = 10.0
-    momentum: float = 0.0  # the reference's optimizer quirk, as for the GLM
-    weight_decay: float = 1e-4
-    batch_size: int = 0  # 0: train.batch_size
-    sr_weight: float = 0.5  # lambda; 0 = the "no SR loss" ablation
-    beta: float = 6.0  # boundary of the seed reactivation targets
-    report_threshold_start: float = 0.15  # round r reports at start + step * (r - 1); the GLM at start
-    report_threshold_step: float = 0.1
-    evaluate: bool = True  # evaluate CAMs and pseudo masks of every round
-    # CAMs the rounds (r >= 1) are scored on. cam_files: the round's CAM files (cam.resize_mode).
-    # nearest: CAMs of eval_cam.split made again with the nearest-resized pyramid, as the
-    # reference's per-round evaluation does (its GLM is scored on its CAM files).
-    round_eval_cams: Literal["cam_files", "nearest"] = "cam_files"
-    # Round 1's SR targets: "" = the GLM's pseudo masks (the method); a mask folder (a bare
-    # name under data.root, e.g. SegmentationClassAug, or a path) = a control run, such as
-    # ground-truth targets, which shows what the SLM machinery can do with right targets.
-    target_masks: str = ""
-
-
-register_section("gslm", GSLMConfig)
-
-
-def round_dir(cfg, r: int) -> Path:
-    return Path(cfg.work_dir) / "gslm" / f"round{r}"
 
 
 def report_threshold(cfg, r: int) -> float:
@@ -166,7 +134,7 @@ def write_rounds_table(cfg) -> dict:
     md = (f"# GSLM rounds ({cfg.exp_name})\n\n" + md_table(header, table)
           + "\nCAM: the plain CAM against GT. CAM+CRF: the CAM at the round's threshold refined by the pseudo masks'"
           " label CRF, the number the reference code prints after each round (it scores its GLM without CRF).\n")
-    save_metrics(cfg, "gslm_rounds", {"rounds": rows}, md)
+    save_metrics(cfg, ROUNDS_TABLE, {"rounds": rows}, md)
     print(md_table(header, table))
     return {"rounds": rows}
 
@@ -195,11 +163,12 @@ def slm_phases(cfg) -> list[Phase]:
     return phases
 
 
-register_extra_phases(slm_phases)
-
-
-@register_cam_source
-def last_round_cams(cfg) -> list[Path]:
-    """The last round's CAMs were made from the final weights: make_cam links them when
-    their made_by.json matches (same weights and inference settings)."""
-    return [round_dir(cfg, cfg.gslm.rounds) / "cams"] if cfg.gslm.rounds > 0 else []
+def bench_phase(cfg) -> Phase | None:
+    """What scripts/benchmark.py times for a GSLM config: SLM round 1, with the ground-truth
+    masks standing in for the GLM's pseudo masks (the same files and work per step)."""
+    if cfg.gslm.rounds < 1:
+        return None
+    phase = slm_phases(cfg)[0]
+    phase.build_dataset = lambda ctx: classification_dataset(ctx.cfg, mask_dir="SegmentationClassAug")
+    phase.setup = phase.finish = None
+    return phase

@@ -1,4 +1,4 @@
-"""PPL's config section, model builders and training phases, registered with the shared layer.
+"""PPL's model builders and training phases (registered with the shared layer by ``ppl_wsss/__init__.py``).
 
     model.name: ppl_progressive   one model trained stage after stage (Fig. 2)
     model.name: ppl_explicit      all split points in one forward pass (Fig. 5)
@@ -7,49 +7,12 @@ What P, M and C compute, which blocks each stage trains and why: docs/ppl.md.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
-
+from ppl_wsss.config import PPLConfig, PPLStage  # noqa: F401  (re-exported: ppl_wsss.method.PPLConfig)
 from ppl_wsss.model import PPLNet
 from wsss.cam.training import default_cam_phase
-from wsss.config import ConfigError, register_section
+from wsss.config import ConfigError
 from wsss.engine.checkpoint import unwrap
 from wsss.models.cam_net import build_backbone
-from wsss.registry import register_model
-
-
-@dataclass
-class PPLStage:
-    split_after: int  # patch the output of this stage (1..3); stages split_after+1..4 run per patch
-    grid: int = 2  # g: a g x g grid of patches
-    epochs: int = -1  # < 0: train.epochs
-    lr: float = -1.0  # < 0: train.lr
-
-
-def _default_stages() -> list[PPLStage]:
-    return [PPLStage(1), PPLStage(2), PPLStage(3)]
-
-
-@dataclass
-class PPLConfig:
-    # progressive: the stages in training order (each moves the split one block deeper)
-    stages: list[PPLStage] = field(default_factory=_default_stages)
-    # explicit: every split point at once, one grid each
-    split_points: list[int] = field(default_factory=lambda: [1, 2, 3])
-    grids: list[int] = field(default_factory=lambda: [2, 2, 2])
-    cam_source: Literal["concat", "full"] = "concat"
-    # fills the cells P pads on each side of a map (a 2x2 grid never pads one of 2+ cells; docs/ppl.md)
-    pad_mode: Literal["zeros", "replicate", "reflect"] = "replicate"
-    # yes: stages 1..min(model.detach_stage, k) get no gradient for split point k (explicit:
-    # the lowest one), so every block after a split trains, as both figures draw it; no: the
-    # baseline's stages 1..model.detach_stage, whatever the split (the *_detach2 ablations)
-    detach_below_split: bool = True
-    # yes: every stage has its own poly schedule from its own lr; no: one poly decay
-    # spans all stages (each stage continues where the previous one stopped)
-    restart_schedule: bool = True
-
-
-register_section("ppl", PPLConfig)
 
 
 def _check_stages(cfg) -> list[PPLStage]:
@@ -59,7 +22,6 @@ def _check_stages(cfg) -> list[PPLStage]:
     return stages
 
 
-@register_model("ppl_explicit")
 def build_ppl_explicit(cfg) -> PPLNet:
     p = cfg.ppl
     if len(p.grids) != len(p.split_points):
@@ -88,7 +50,6 @@ def progressive_phases(cfg) -> list:
     return phases
 
 
-@register_model("ppl_progressive", phase_plan=progressive_phases)
 def build_ppl_progressive(cfg) -> PPLNet:
     stages = _check_stages(cfg)
     model = PPLNet(build_backbone(cfg), cfg.data.num_classes, cfg.model.detach_stage, [s.split_after for s in stages],

@@ -12,12 +12,13 @@ import argparse
 import time
 from pathlib import Path
 
+from wsss.config import BACKBONES
 from wsss.stages import run_script
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", default="resnet18", choices=["resnet18", "resnet34", "resnet50", "resnet101"])
+    p.add_argument("--backbone", default="resnet18", choices=BACKBONES)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--workers", type=int, default=2, help="data loader workers (train, make_cam)")

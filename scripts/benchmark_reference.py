@@ -12,6 +12,7 @@ Writes <out>/benchmark_reference.{json,md}; speed is never asserted in a test.
 import argparse
 from pathlib import Path
 
+from wsss.config import BACKBONES
 from wsss.stages import run_script
 
 
@@ -22,7 +23,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stages", default=",".join(d.stages), help="comma-separated: make_cam, train_cam, make_pseudo")
     p.add_argument("--repeats", type=int, default=d.repeats, help="interleaved pairs per stage")
-    p.add_argument("--backbone", default=d.backbone, choices=["resnet18", "resnet34", "resnet50", "resnet101"])
+    p.add_argument("--backbone", default=d.backbone, choices=BACKBONES)
     p.add_argument("--cam-images", type=int, default=d.cam_images)
     p.add_argument("--cam-workers", type=int, default=d.cam_workers, help="make_cam loader workers (both sides)")
     p.add_argument("--train-images", type=int, default=d.train_images)

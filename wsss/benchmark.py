@@ -22,13 +22,18 @@ from pathlib import Path
 
 import torch
 
-from wsss.compare import DEFAULT_METHODS
 from wsss.config import Config, load_config
+from wsss.registry import bench_phase
 from wsss.reporting import md_table
 
 REPO = Path(__file__).resolve().parents[1]
-# the synthetic configs of compare_methods, under the benchmark's names
-METHOD_CONFIGS = dict(zip(["cam_net", "ppl_progressive", "ppl_explicit", "gslm_slm"], DEFAULT_METHODS.values()))
+# the synthetic configs of compare_methods (wsss.compare.ARMS), under the benchmark's names
+METHOD_CONFIGS = {
+    "cam_net": "configs/cam/cam_r18_synthetic.yaml",
+    "ppl_progressive": "configs/ppl/ppl_progressive_r18_synthetic.yaml",
+    "ppl_explicit": "configs/ppl/ppl_explicit_r18_synthetic.yaml",
+    "gslm_slm": "configs/gslm/gslm_r18_synthetic.yaml",
+}
 
 
 def bench_config(method: str, args, work: Path, extra: list[str] | None = None) -> Config:
@@ -40,20 +45,13 @@ def bench_config(method: str, args, work: Path, extra: list[str] | None = None) 
     return load_config(REPO / METHOD_CONFIGS[method], o + list(extra or []))
 
 
-def _training_phase(cfg: Config, method: str):
+def _training_phase(cfg: Config):
+    """The phase a method registered for the benchmark (GSLM: an SLM round), else the model's
+    first phase (PPL progressive: stage 1, split after stage 1, the costliest)."""
     from wsss.cam.training import cam_phases
 
-    if method == "gslm_slm":
-        from gslm.slm import slm_phases
-
-        phase = slm_phases(cfg)[0]
-        # GT masks stand in for round-0 pseudo masks: the same files and work per step
-        from wsss.cam.training import classification_dataset
-
-        phase.build_dataset = lambda ctx: classification_dataset(ctx.cfg, mask_dir="SegmentationClassAug")
-        phase.setup = phase.finish = None
-        return phase
-    return cam_phases(cfg)[0]  # PPL progressive: stage 1 (split after stage 1), the costliest
+    phase = bench_phase(cfg)
+    return phase if phase is not None else cam_phases(cfg)[0]
 
 
 def bench_train(args, work: Path, method: str, extra: list[str] | None = None) -> dict:
@@ -67,7 +65,7 @@ def bench_train(args, work: Path, method: str, extra: list[str] | None = None) -
     device = setup_runtime(cfg)
     ctx = make_context(cfg, device, work / "checkpoints")
     ctx.state["record_step_times"] = True
-    phase = _training_phase(cfg, method)
+    phase = _training_phase(cfg)
     phase.schedule.max_steps = args.warmup + args.steps
     phase.schedule.epochs = 10_000
     phase.schedule.log_interval = 10_000

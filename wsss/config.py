@@ -6,10 +6,12 @@ file's own keys win. Dicts merge key by key; any other value (lists included)
 replaces what was there. Command-line overrides (``train.lr=0.01``) apply last;
 their values are parsed as YAML (``cam.scales=[1.0,0.5]``).
 
-Every key is declared in a dataclass below (method packages add their own
-sections with :func:`register_section`). Loading checks every key against the
-schema: an unknown key, a value of the wrong type or a required key without a
-value raises :class:`ConfigError` naming the key and the file it came from.
+Every key is declared in a dataclass: the shared sections below; the other
+sections (seg, pipeline, pretrain, the method packages) by the modules that own
+them, with :func:`wsss.registry.register_section`, and loading imports those
+through the registry. Loading checks every key against the schema: an unknown
+key, a value of the wrong type or a required key without a value raises
+:class:`ConfigError` naming the key and the file it came from.
 """
 from __future__ import annotations
 
@@ -24,11 +26,9 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from wsss import registry
+from wsss.errors import ConfigError
 from wsss.fileio import atomic_write_text
-
-
-class ConfigError(ValueError):
-    """A config problem; the message names the key and where it came from."""
 
 
 MISSING: Any = dataclasses.MISSING
@@ -38,6 +38,11 @@ CLI = "the command line"
 # --------------------------------------------------------------------------
 # Schema of the shared layer
 # --------------------------------------------------------------------------
+# The ResNet depths every network here is built on (wsss.models.backbones.ARCHS); the one list.
+Backbone = Literal["resnet18", "resnet34", "resnet50", "resnet101"]
+BACKBONES: tuple[str, ...] = typing.get_args(Backbone)
+
+
 @dataclass
 class AugConfig:
     """Geometric and photometric training augmentation (image and mask jointly)."""
@@ -84,7 +89,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "cam_net"  # a registered CAM model (see wsss.registry)
-    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
+    backbone: Backbone = "resnet50"
     weights: str = "IMAGENET1K_V1"  # torchvision weights name, a local file, or "none"
     output_stride: Literal[8, 16, 32] = 16
     # "stride": remove strides without dilation (the IRN/GSLM CAM network);
@@ -214,20 +219,24 @@ class Config:
         raise AttributeError(name)
 
 
-_SECTIONS: dict[str, type] = {}
-
-
 def register_section(name: str, schema: type) -> type:
-    """Declare a top-level config section (a dataclass) owned by another module."""
-    if not dataclasses.is_dataclass(schema):
-        raise TypeError(f"config section {name!r} must be a dataclass")
-    builtin = {f.name for f in dataclasses.fields(Config)}
-    if name in builtin:
+    """Declare a top-level config section (a dataclass) owned by another module
+    (:func:`wsss.registry.register_section`; kept here for the modules that call it from config)."""
+    if name in _BUILTIN:
         raise ValueError(f"config section {name!r} is built in")
-    if name in _SECTIONS and _SECTIONS[name] is not schema:
-        raise ValueError(f"config section {name!r} registered twice")
-    _SECTIONS[name] = schema
-    return schema
+    return registry.register_section(name, schema)
+
+
+_BUILTIN = frozenset(f.name for f in dataclasses.fields(Config))
+
+
+def _sections() -> dict[str, type]:
+    """The registered sections (importing the plugins that declare them)."""
+    sections = registry.config_sections()
+    clash = sorted(set(sections) & _BUILTIN)
+    if clash:
+        raise ValueError(f"config section {clash[0]!r} is built in")
+    return sections
 
 
 # --------------------------------------------------------------------------
@@ -472,10 +481,7 @@ def _build(schema: type, tree: dict, prefix: str, origins: dict, extra_sections:
 
 
 def build_config(tree: dict, origins: dict | None = None) -> Config:
-    from wsss.registry import import_plugins
-
-    import_plugins()
-    return _build(Config, tree, "", origins or {}, _SECTIONS)
+    return _build(Config, tree, "", origins or {}, _sections())
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
@@ -507,9 +513,7 @@ def finalize(cfg: Config) -> None:
         cfg.pseudo.cam_dir = cfg.cam.out_dir
     if not cfg.pseudo.out_dir:
         cfg.pseudo.out_dir = str(Path(cfg.work_dir) / "pseudo")
-    from wsss.registry import run_finalizers
-
-    run_finalizers(cfg)
+    registry.run_finalizers(cfg)
     check_outputs_inside_work_dir(cfg)
 
 

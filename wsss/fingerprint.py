@@ -202,13 +202,11 @@ def schema_defaults() -> dict[str, Any]:
     """{dotted key: default} of every key of the schema that has a default (registered sections included)."""
     global _DEFAULTS
     if _DEFAULTS is None:
-        from wsss.config import _SECTIONS
-        from wsss.registry import import_plugins
+        from wsss.registry import config_sections
 
-        import_plugins()
         out: dict[str, Any] = {}
         _defaults_of(Config, "", out)
-        for name, schema in _SECTIONS.items():
+        for name, schema in config_sections().items():
             _defaults_of(schema, f"{name}.", out)
         _DEFAULTS = out
     return _DEFAULTS

@@ -12,7 +12,6 @@ fingerprint matches the config.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from wsss.engine.distributed import barrier, is_main
 from wsss.fileio import atomic_write_json, read_json
 from wsss.fingerprint import EVAL_STAGES, StaleOutputError, digest, show
 from wsss.pipeline_config import ALL_STAGES
+from wsss.registry import summary_extras
 from wsss.reporting import md_table, save_metrics
 from wsss.stages import STAGES, visualize
 
@@ -158,12 +158,11 @@ def collect_summary(cfg: Config, timings: dict[str, dict]) -> dict:
         numbers.update(rec.get("numbers", {}))
         stage_times[stage] = rec["seconds"]
         fingerprints[stage] = rec.get("fingerprint_sha256")
-    extra = Path(cfg.work_dir) / "metrics" / "gslm_rounds.json"
     summary = {"experiment": cfg.exp_name, "work_dir": cfg.work_dir, "method": cfg.model.name, "numbers": numbers,
                "seconds": stage_times, "total_seconds": round(sum(stage_times.values()), 2),
                "fingerprints": fingerprints, "left_out": left_out, "config_hash": config_hash(cfg), **provenance_fields()}
-    if extra.is_file() and "train_cam" in fingerprints:  # written by train_cam (GSLM's rounds)
-        summary["gslm_rounds"] = json.loads(extra.read_text()).get("rounds")
+    if "train_cam" in fingerprints:  # what a method's training wrote beside the weights (GSLM's rounds)
+        summary.update(summary_extras(cfg))
     return summary
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from wsss.config import register_section
+from wsss.registry import register_section
 
 ALL_STAGES = ["train_cam", "make_cam", "eval_cam", "make_pseudo", "eval_pseudo", "train_seg", "eval_seg"]
 

@@ -22,7 +22,9 @@ import torch.nn as nn
 import torchvision
 from torchvision.models.resnet import Bottleneck, ResNet
 
-ARCHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+from wsss.config import BACKBONES
+
+ARCHS = {name: int(name.removeprefix("resnet")) for name in BACKBONES}  # name -> depth
 
 
 class WeightsError(RuntimeError):

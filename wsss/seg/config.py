@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from wsss.config import AugConfig, register_section
-from wsss.registry import register_finalizer
+from wsss.config import AugConfig, Backbone
+from wsss.registry import register_finalizer, register_section
 
 
 def _seg_aug() -> AugConfig:
@@ -15,7 +15,7 @@ def _seg_aug() -> AugConfig:
 @dataclass
 class SegConfig:
     arch: Literal["deeplabv2", "deeplabv3"] = "deeplabv2"
-    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet101"
+    backbone: Backbone = "resnet101"
     # torchvision weights name, a local file (e.g. a COCO-pretrained DeepLab init), none, or
     # from_cam: the backbone of this experiment's trained CAM network (cam.checkpoint)
     weights: str = "IMAGENET1K_V1"

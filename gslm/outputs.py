@@ -1,0 +1,25 @@
+"""Where GSLM's rounds write, and what the shared layer learns of it through the registry
+(light: loading a config or summarising a run imports no model)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from wsss.fileio import read_json
+
+ROUNDS_TABLE = "gslm_rounds"  # <work_dir>/metrics/gslm_rounds.{json,md}: one row per round
+
+
+def round_dir(cfg, r: int) -> Path:
+    return Path(cfg.work_dir) / "gslm" / f"round{r}"
+
+
+def last_round_cams(cfg) -> list[Path]:
+    """The last round's CAMs were made from the final weights: make_cam links them when
+    their made_by.json matches (same weights and inference settings)."""
+    return [round_dir(cfg, cfg.gslm.rounds) / "cams"] if cfg.gslm.rounds > 0 else []
+
+
+def rounds_summary(cfg) -> dict:
+    """run_pipeline's summary entry: the per-round table train_cam wrote (none without rounds)."""
+    f = Path(cfg.work_dir) / "metrics" / f"{ROUNDS_TABLE}.json"
+    return {"gslm_rounds": read_json(f).get("rounds")} if f.is_file() else {}
