@@ -47,11 +47,11 @@ _PART_COLOURS = [
 _PATTERNS = ("checker", "hstripe", "vstripe", "border", "diag")
 # The premise of the bench (docs/synthetic_bench.md): the *part* alone names the class; the
 # *body* is one texture family shared by every class (learnable, never class-specific) whose
-# hue occurs neither in the background nor in any part; the clutter is dull (saturation <= 0.4),
+# hue occurs neither in the background nor in any part; the clutter is dull (saturation <= 0.3),
 # so it carries neither the parts' saturated colours nor the bodies' hue.
 BODY_HUE = 0.08  # brown-orange
 CLUTTER_HUE_GAP = 0.15  # clutter hues keep at least this distance (on the hue circle) from BODY_HUE
-PART_FRACTION = 0.12  # a part's side, as a fraction of the image's shorter side
+PART_FRACTION = 0.14  # a part's side, as a fraction of the image's shorter side
 
 
 @dataclass
@@ -135,9 +135,9 @@ def _poly_mask(poly, h: int, w: int) -> np.ndarray:
 
 def _part_pattern(style: ClassStyle, size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size]
-    half = max(size // 2, 1)
     if style.pattern == "checker":
-        sel = ((yy // half) + (xx // half)) % 2 == 0
+        q = max(size // 4, 1)
+        sel = ((yy // q) + (xx // q)) % 2 == 0
     elif style.pattern == "hstripe":
         sel = (yy // max(size // 4, 1)) % 2 == 0
     elif style.pattern == "vstripe":
@@ -174,8 +174,8 @@ def _clutter_hue(rng: np.random.Generator) -> float:
 
 def _clutter_texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Background and clutter: two dull colours (never the body's hue) mixed by smooth noise, sometimes speckled."""
-    a = _hsv_rgb(_clutter_hue(rng), rng.uniform(0.05, 0.4), rng.uniform(0.3, 0.9))
-    b = _hsv_rgb(_clutter_hue(rng), rng.uniform(0.05, 0.4), rng.uniform(0.3, 0.9))
+    a = _hsv_rgb(_clutter_hue(rng), rng.uniform(0.05, 0.3), rng.uniform(0.3, 0.9))
+    b = _hsv_rgb(_clutter_hue(rng), rng.uniform(0.05, 0.3), rng.uniform(0.3, 0.9))
     mix = _smooth_noise(rng, h, w, int(rng.integers(4, 12)))
     if rng.random() < 0.5:
         mix = np.clip(0.6 * mix + (rng.random((h, w)) < 0.05), 0, 1)
@@ -210,7 +210,8 @@ def render_scene(rng: np.random.Generator, size: int, styles: list[ClassStyle], 
         instances = []
         for _o in range(n_obj):
             c = int(rng.integers(k))
-            r = rng.uniform(0.18, 0.30) * size
+            # bodies span several cells of a stride-16 CAM, so a part's blob cannot cover them
+            r = rng.uniform(0.24, 0.36) * size
             cx, cy = rng.uniform(r * 0.8, w - r * 0.8), rng.uniform(r * 0.8, h - r * 0.8)
             poly = _blob_polygon(rng, cx, cy, r)
             body = _poly_mask(poly, h, w)
@@ -450,7 +451,7 @@ def ensure_data(cfg) -> None:
         raise DataError(f"{cfg.data.root}: data root does not exist (data.root)")
 
 
-GENERATOR_VERSION = 3  # bumped whenever the same settings draw other images (2, 3: the premise scenes)
+GENERATOR_VERSION = 5  # bumped whenever the same settings draw other images (2-4: the premise scenes)
 RECORD = "synthetic.json"  # in the data root: the settings and generator version it was made with
 
 
