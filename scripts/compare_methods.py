@@ -25,17 +25,21 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds of every arm (>= 3 for a verdict)")
     p.add_argument("--heldout-data-seed", type=int, default=1, help="the data seed no config was tuned on")
     p.add_argument("--arms", nargs="+", default=None, help="a subset of the arms (names as in the table)")
+    p.add_argument("--heldout-arms", nargs="+", default=None, help="the arms run on the held-out data seed (default: all)")
     p.add_argument("--no-controls", action="store_true")
+    p.add_argument("--collect-only", action="store_true", help="start no run: tabulate the finished ones (an interrupted bench)")
     p.add_argument("--results", default=None, metavar="JSON", help="also publish the bench there, with the machine and commit")
     p.add_argument("overrides", nargs="*", help="dotted overrides applied to every run's config")
     a = p.parse_args()
     from wsss.compare import ARMS, Bench, run_bench
 
     arms = {k: v for k, v in ARMS.items() if a.arms is None or k in a.arms}
-    if a.arms and len(arms) != len(a.arms):
-        raise SystemExit(f"unknown arm(s): {sorted(set(a.arms) - set(ARMS))}; arms are {list(ARMS)}")
+    for given in (a.arms, a.heldout_arms):
+        if given and set(given) - set(ARMS):
+            raise SystemExit(f"unknown arm(s): {sorted(set(given) - set(ARMS))}; arms are {list(ARMS)}")
     run_bench(Bench(out=Path(a.out), seeds=a.seeds, heldout_data_seed=a.heldout_data_seed, arms=arms,
-                    controls=not a.no_controls, overrides=a.overrides), results=a.results)
+                    controls=not a.no_controls, overrides=a.overrides, heldout_arms=a.heldout_arms,
+                    collect_only=a.collect_only), results=a.results)
 
 
 if __name__ == "__main__":

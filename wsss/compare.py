@@ -92,6 +92,8 @@ class Bench:
     arms: dict[str, str] = field(default_factory=lambda: dict(ARMS))
     controls: bool = True
     overrides: list[str] = field(default_factory=list)
+    heldout_arms: list[str] | None = None  # None: every arm
+    collect_only: bool = False  # no new run: gather the finished ones (an interrupted bench's table)
 
 
 def slug(name: str) -> str:
@@ -105,8 +107,12 @@ def data_overrides(data_seed: int, default_seed: int = 0) -> list[str]:
     return [f"data.synthetic.seed={data_seed}", f"data.root=data/synthetic_voc_seed{data_seed}/VOC2012"]
 
 
-def run_one(name: str, config: str, work: Path, overrides: list[str], stages: str) -> dict:
-    """One pipeline run (resumable: a finished run is read back, not run again)."""
+def run_one(name: str, config: str, work: Path, overrides: list[str], stages: str, collect_only: bool = False) -> dict | None:
+    """One pipeline run (resumable: a finished run is read back, not run again). With
+    ``collect_only``: a finished run's numbers, None for one that has not finished."""
+    if collect_only:
+        done = all((work / "pipeline" / f"{st}.json").is_file() for st in stages.split(","))
+        return collect_run(work) if done and (work / "metrics" / "summary.json").is_file() else None
     cmd = [sys.executable, str(REPO / "scripts" / "run_pipeline.py"), "--config", str(REPO / config),
            f"work_dir={work}", *overrides, "--stages", stages]
     print(f"[bench] {name}: {' '.join(cmd[1:])}", flush=True)
@@ -191,14 +197,10 @@ def run_bench(b: Bench, results: str | None = None) -> dict:
         for seed in b.seeds:
             work = b.out / slug(arm) / f"seed{seed}"
             row = run_one(f"{arm}, seed {seed}", config, work,
-                          [*ARM_OVERRIDES.get(arm, []), *b.overrides, *data_overrides(b.data_seed), f"seed={seed}"], STAGES)
-            runs.setdefault(arm, []).append({"seed": seed, **row})
-    heldout = {}
-    for arm, config in b.arms.items():
-        work = b.out / "heldout" / slug(arm)
-        row = run_one(f"{arm}, held-out data seed {b.heldout_data_seed}", config, work,
-                      [*ARM_OVERRIDES.get(arm, []), *b.overrides, *data_overrides(b.heldout_data_seed, b.data_seed), f"seed={b.seeds[0]}"], STAGES)
-        heldout[arm] = {"seed": b.seeds[0], **row}
+                          [*ARM_OVERRIDES.get(arm, []), *b.overrides, *data_overrides(b.data_seed), f"seed={seed}"], STAGES,
+                          b.collect_only)
+            if row is not None:
+                runs.setdefault(arm, []).append({"seed": seed, **row})
     controls = []
     if b.controls:
         from wsss.config import load_config
@@ -217,10 +219,24 @@ def run_bench(b: Bench, results: str | None = None) -> dict:
             if c.weights_of:
                 over.append(f"cam.checkpoint={b.out / slug(c.weights_of) / f'seed{b.seeds[0]}' / 'checkpoints' / 'final.pth'}")
             work = b.out / "controls" / slug(c.name)
-            row = run_one(c.name, b.arms[c.arm], work, [*ARM_OVERRIDES.get(c.arm, []), *b.overrides, *data_overrides(b.data_seed), f"seed={b.seeds[0]}", *over],
-                          c.stages)
-            controls.append({"name": c.name, "arm": c.arm, "overrides": c.overrides, "expect": c.expect, **row})
-    data = {"seeds": b.seeds, "data_seed": b.data_seed, "heldout_data_seed": b.heldout_data_seed, "overrides": b.overrides,
+            row = run_one(c.name, b.arms[c.arm], work, [*ARM_OVERRIDES.get(c.arm, []), *b.overrides, *data_overrides(b.data_seed),
+                                                         f"seed={b.seeds[0]}", *over], c.stages, b.collect_only)
+            if row is not None:
+                controls.append({"name": c.name, "arm": c.arm, "overrides": c.overrides, "expect": c.expect, **row})
+    heldout = {}
+    for arm, config in b.arms.items():
+        if b.heldout_arms is not None and arm not in b.heldout_arms:
+            continue
+        work = b.out / "heldout" / slug(arm)
+        row = run_one(f"{arm}, held-out data seed {b.heldout_data_seed}", config, work,
+                      [*ARM_OVERRIDES.get(arm, []), *b.overrides, *data_overrides(b.heldout_data_seed, b.data_seed),
+                       f"seed={b.seeds[0]}"], STAGES, b.collect_only)
+        if row is not None:
+            heldout[arm] = {"seed": b.seeds[0], **row}
+    missing = [f"{arm} seed {sd}" for arm in b.arms for sd in b.seeds if sd not in [r["seed"] for r in runs.get(arm, [])]]
+    missing += [f"control: {c.name}" for c in CONTROLS if b.controls and c.arm in b.arms and c.name not in [x["name"] for x in controls]]
+    missing += [f"held-out: {arm}" for arm in b.arms if (b.heldout_arms is None or arm in b.heldout_arms) and arm not in heldout]
+    data = {"seeds": b.seeds, "not_run": missing, "data_seed": b.data_seed, "heldout_data_seed": b.heldout_data_seed, "overrides": b.overrides,
             "stages": STAGES, "runs": runs, "aggregate": aggregate(runs), "heldout": heldout, "controls": controls,
             "premise": premise_summary(runs.get(BASELINE, []), heldout.get(BASELINE)),
             "control_checks": control_checks(runs, controls), "wall_seconds": round(time.perf_counter() - t0, 1)}

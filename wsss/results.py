@@ -293,6 +293,9 @@ def render_bench(d: dict) -> str:
               _p(c.get("body")), c["expect"]] for c in d["controls"]])
         if d["control_checks"]:
             md += "\n" + "\n".join(f"* {k}: {_check(v)}" for k, v in d["control_checks"].items()) + "\n"
+    if d.get("not_run"):
+        md += ("\n**Not run** (the bench stopped before them; `scripts/compare_methods.py` resumes and adds them): "
+               + ", ".join(d["not_run"]) + ".\n")
     p = d["premise"]
     md += (f"\n## Premise (baseline runs)\n\n{'met' if p['ok'] else '**not met**'} in {p['runs'] - len(p['failed'])} of "
            f"{p['runs']} baseline runs (parts >= 90% covered, bodies <= 60%, every class's precision above its recall, "
