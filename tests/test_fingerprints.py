@@ -214,7 +214,7 @@ def test_train_cam_then_make_pseudo_and_refusals_under_another_config(tiny_root,
 
     work = tmp_path / "work"
     run_script("train_cam.py", *_args(tiny_root, work))
-    assert json.loads((work / "checkpoints" / "made_by.json").read_text())["keys"]["train.lr"] == 0.05
+    assert json.loads((work / "checkpoints" / "made_by.json").read_text())["keys"]["train.lr"] == 0.1
 
     # make_pseudo right after train_cam: the CAMs are made first, by make_cam's code and rules
     out = run_script("make_pseudo.py", *_args(tiny_root, work)).stdout
@@ -247,10 +247,10 @@ def test_train_cam_then_make_pseudo_and_refusals_under_another_config(tiny_root,
     for fn in (stages.eval_cam, stages.train_cam):
         with pytest.raises(StaleOutputError) as e:
             _stage(fn, tiny_root, work, **{"train.lr": 0.07})
-        assert "checkpoints/made_by.json" in str(e.value) and "train.lr: 0.05 -> 0.07" in str(e.value)
+        assert "checkpoints/made_by.json" in str(e.value) and "train.lr: 0.1 -> 0.07" in str(e.value)
         assert "train_cam.py --no-resume" in str(e.value) and "--redo-from train_cam" in str(e.value)
     assert not (work / "metrics" / "cam_eval.json").exists()
-    assert json.loads((work / "checkpoints" / "made_by.json").read_text())["keys"]["train.lr"] == 0.05
+    assert json.loads((work / "checkpoints" / "made_by.json").read_text())["keys"]["train.lr"] == 0.1
 
     # the per-stage way out
     r = _stage(stages.make_pseudo, tiny_root, work, **{"pseudo.fg_thres": 0.4, "pseudo.redo": True})

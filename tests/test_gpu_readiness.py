@@ -94,8 +94,10 @@ def test_make_cam_bf16_channels_last_close_to_fp32(tiny_cfg, tmp_path):
 @pytest.mark.skipif(sys.platform != "linux" or shutil.which("g++") is None, reason="inductor needs a C++ compiler")
 def test_compiled_training_matches_eager(tiny_cfg, tmp_path):
     def run(compile_: bool, tag: str) -> dict:
-        cfg = tiny_cfg(**{"runtime.compile": compile_, "runtime.deterministic": True, "train.max_steps": 2},
-                       work_dir=tmp_path / tag)
+        # lr 0.01: at the synthetic recipe's 0.1 (1.0 for the head) two steps of random-init
+        # training amplify float reordering past any useful tolerance
+        cfg = tiny_cfg(**{"runtime.compile": compile_, "runtime.deterministic": True, "train.max_steps": 2,
+                          "train.lr": 0.01}, work_dir=tmp_path / tag)
         torch.manual_seed(0)
         return load_checkpoint(train_cam(cfg))["model"]
 
