@@ -163,7 +163,7 @@ def render_demo(demo: dict, compare: dict | None) -> str:
 
 def render_compare(doc: dict) -> str:
     d = doc["data"]
-    took = f"; {int(d['wall_seconds'] // 60)} min in all" if d.get("wall_seconds") else ""
+    took = f"; {int(d['wall_seconds'] // 60)} min in all" if (d.get("wall_seconds") or 0) >= 60 else ""
     return (f"Measured with `{doc['command']}` ({made_on(doc)}{took}), which also writes "
             "`work_dirs/compare/bench.{json,md}`:\n" + placeholder(doc) + "\n" + render_bench(d).replace("## ", "#### "))
 
@@ -267,13 +267,12 @@ def render_bench(d: dict) -> str:
 
     BASELINE = "baseline CAM"
     agg = d["aggregate"]
-    n = len(d["seeds"])
     rows = []
     for arm, a in agg.items():
-        rows.append([arm] + [pm(a[m]) for m in ("cam_miou", "cam_crf_miou", "pseudo_miou_255_as_bg", "part", "body",
+        rows.append([f"{arm} (n={a['cam_miou']['n']})"] + [pm(a[m]) for m in ("cam_miou", "cam_crf_miou", "pseudo_miou_255_as_bg", "part", "body",
                                                   "background_fp")]
                     + [_diff(a["cam_miou"]), a["cam_miou"].get("effect", "-")])
-    md = (f"## Arms: {n} training seeds on data seed {d['data_seed']} (mean ± std)\n\n"
+    md = (f"## Arms: training seeds {', '.join(map(str, d['seeds']))} on data seed {d['data_seed']} (mean ± std over the n seeds run)\n\n"
           + md_table(["arm", "CAM mIoU", "CAM+CRF mIoU", "pseudo-mask mIoU", "part covered", "body covered",
                       "background FP", "CAM mIoU vs baseline", "verdict (> 2 std of baseline)"], rows))
     h = d["heldout"]
