@@ -124,7 +124,7 @@ def _multi_hot(s: Settings, ids: list[str]) -> dict[str, np.ndarray]:
 def pseudo_cams(s: Settings, split: str) -> tuple[str, str]:
     """CAM files for make_pseudo, in both formats, made once: ResNet-18 at scale 1 (the
     CRF's cost does not depend on the network that made the maps). The reference's copy
-    holds the same arrays in its own file format (a pickled dict per image)."""
+    holds the same arrays in the reference loop's own file (one npz of arrays per image)."""
     import torch
 
     from wsss.cam.files import cam_path, load_cam
@@ -135,7 +135,7 @@ def pseudo_cams(s: Settings, split: str) -> tuple[str, str]:
     base = Path(s.out) / "pseudo_cams"
     ours, ref = base / split / "ours", base / split / "ref"
     ids = VOCLayout(s.data_root).read_split(f"bench_{split}")
-    if ref.is_dir() and len(list(ref.glob("*.npy"))) == len(ids):
+    if ref.is_dir() and len(list(ref.glob("*.npz"))) == len(ids):
         return str(ours), str(ref)
     cfg = _config(s, base, ["model.backbone=resnet18", "cam.scales=[1.0]", "cam.workers=0", f"cam.out_dir={ours}",
                              "cam.redo=true"])
@@ -145,7 +145,7 @@ def pseudo_cams(s: Settings, split: str) -> tuple[str, str]:
     ref.mkdir(parents=True, exist_ok=True)
     for i in ids:
         d = load_cam(cam_path(ours, i))
-        np.save(ref / f"{i}.npy", {"keys": d["keys"], "high_res": d["high_res"]})
+        np.savez(ref / f"{i}.npz", keys=d["keys"], high_res=d["high_res"])
     return str(ours), str(ref)
 
 
@@ -201,7 +201,7 @@ def _child_make_cam(spec: dict, ours: bool) -> dict:
     from wsss.reference_loops import make_cam
 
     model = build_cam_model(cfg, pretrained=False)
-    model.load_state_dict(torch.load(spec["weights"], map_location="cpu"))
+    model.load_state_dict(torch.load(spec["weights"], map_location="cpu", weights_only=True))
     make_cam(model, s.data_root, ids, _multi_hot(s, ids), out, scales=s.scales, workers=s.cam_workers)
     return {"threads": torch.get_num_threads()}
 
@@ -296,7 +296,7 @@ def compare_cams(ours_dir: str | Path, ref_dir: str | Path) -> dict:
     from wsss.reference_loops import load_cam_npy
 
     worst = {"high_res": 0.0, "strided": 0.0}
-    files = sorted(Path(ref_dir).glob("*.npy"))
+    files = sorted(Path(ref_dir).glob("*.npz"))
     for f in files:
         ref = load_cam_npy(f)
         ours = load_cam(Path(ours_dir) / f"{f.stem}.npz")

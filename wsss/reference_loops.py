@@ -74,7 +74,8 @@ def make_cam(model: torch.nn.Module, root, ids: list[str], multi_hot: dict[str, 
              scales=(1.0, 0.5, 1.5, 2.0), workers: int = 0, strided_stride: int = 4) -> None:
     """step/make_cam.py's loop on the CPU (one process): one image at a time, every scale's
     pair through the network, every class upsampled, summed, the image's classes kept and
-    normalised; the strided map likewise; ``np.save`` of a dict."""
+    normalised; the strided map likewise; saved as arrays (the reference pickles a dict: we
+    never write or read pickles, so the same arrays go into a pickle-free npz)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(CamDataset(root, ids, multi_hot, scales), batch_size=1, shuffle=False,
@@ -95,12 +96,13 @@ def make_cam(model: torch.nn.Module, root, ids: list[str], multi_hot: dict[str, 
             strided /= F.adaptive_max_pool2d(strided, (1, 1)) + 1e-5
             high = high[valid_cat]
             high /= F.adaptive_max_pool2d(high, (1, 1)) + 1e-5
-            np.save(out_dir / f"{name}.npy", {"keys": valid_cat.numpy(), "cam": strided, "high_res": high.numpy()})
+            np.savez(out_dir / f"{name}.npz", keys=valid_cat.numpy(), cam=strided.numpy(), high_res=high.numpy())
 
 
 def load_cam_npy(path) -> dict:
-    """A CAM file the reference loop wrote (a pickled dict: our own files, read back in tests)."""
-    return np.load(path, allow_pickle=True).item()
+    """A CAM file the reference loop wrote (its arrays, pickle-free)."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
 
 
 # --------------------------------------------------------------------------
@@ -228,7 +230,7 @@ def crf_inference_label(img: np.ndarray, labels: np.ndarray, n_labels: int, t: i
 
 def _pseudo_one(name: str, root: str, cam_dir: str, out_dir: str, fg_thres: float, bg_thres: float, crf: dict) -> None:
     img = _read_rgb(Path(root) / "JPEGImages" / f"{name}.jpg")
-    cam_dict = load_cam_npy(Path(cam_dir) / f"{name}.npy")
+    cam_dict = load_cam_npy(Path(cam_dir) / f"{name}.npz")
     cams = cam_dict["high_res"]
     keys = np.pad(cam_dict["keys"] + 1, (1, 0), mode="constant")
     fg_conf_cam = np.argmax(np.pad(cams, ((1, 0), (0, 0), (0, 0)), mode="constant", constant_values=fg_thres), axis=0)
