@@ -128,7 +128,7 @@ def pretrain_backbone(cfg, device=None) -> dict:
 
     from wsss.data.pretrain_corpus import CORPUS_VERSION, generate_pretrain_corpus
     from wsss.fileio import atomic_path, atomic_write_json
-    from wsss.models.backbones import ResNetBackbone
+    from wsss.models.backbones import ResNetBackbone, to_torchvision_names
     from wsss.models.cam_net import CAMNet
 
     p = cfg.pretrain
@@ -171,12 +171,7 @@ def pretrain_backbone(cfg, device=None) -> dict:
         top1 = _top1(model, xv, yv, device)
         print(f"[pretrain] epoch {epoch + 1}/{p.epochs}: loss {loss.item():.3f}, held-out top-1 {100 * top1:.1f}% "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    names = {"stage1.0": "conv1", "stage1.1": "bn1", "stage1.4": "layer1", "stage2": "layer2", "stage3": "layer3",
-             "stage4": "layer4"}
-    state = {}
-    for k, v in model.backbone.state_dict().items():
-        head = next(n for n in sorted(names, key=len, reverse=True) if k.startswith(n + "."))
-        state[names[head] + k[len(head):]] = v.detach().cpu().clone()
+    state = to_torchvision_names({k: v.detach().cpu().clone() for k, v in model.backbone.state_dict().items()})
     weights.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(weights) as tmp:
         torch.save(state, tmp)

@@ -140,8 +140,14 @@ def _unwrap_state_dict(obj, source: str) -> dict:
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{source}: not a state dict of tensors")
+    return to_torchvision_names(obj)
+
+
+def to_torchvision_names(state: dict) -> dict:
+    """A state dict under torchvision's ResNet names (wrapper prefixes dropped, our stage
+    names mapped back: stage1.0 -> conv1, stage2 -> layer2, ...)."""
     out = {}
-    for k, v in obj.items():
+    for k, v in state.items():
         for prefix in ("module.", "_orig_mod.", "backbone."):
             if k.startswith(prefix):
                 k = k[len(prefix):]
