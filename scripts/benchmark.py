@@ -4,7 +4,7 @@
 
     python scripts/benchmark.py                       # ResNet-18, 128 px, batch 16, 2 workers
     python scripts/benchmark.py --backbone resnet50 --image-size 256 --batch 8 --workers 8   # e.g. on a GPU
-    python scripts/benchmark.py --results docs/results/benchmark.json                          # what the README quotes
+    python scripts/benchmark.py --results docs/results/benchmark.json                          # what docs/performance.md quotes
 
 On a CUDA machine it also measures AMP (bf16) and channels_last on and off.
 """
@@ -31,7 +31,7 @@ def main() -> None:
     p.add_argument("--out", default="work_dirs/benchmark")
     p.add_argument("--results", default=None, metavar="JSON", help="also publish the results there, with the machine and commit")
     a = p.parse_args()
-    from wsss.benchmark import markdown, run_benchmark
+    from tools.benchmark import markdown, run_benchmark
     from wsss.fileio import atomic_write_json, atomic_write_text
     from wsss.results import provenance_fields, publish
     from wsss.workdir import claim

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Our make_cam, train_cam and make_pseudo side by side with plain loops of the reference
-procedure (wsss/reference_loops.py) on VOC-sized synthetic images: whole-process wall time
+procedure (tools/reference_loops.py) on VOC-sized synthetic images: whole-process wall time
 of interleaved pairs, ratios (reference / ours), system CPU time, peak RSS, the CAM
 difference and the pseudo-mask identity between the sides, and our cost at N and 2N images.
 Writes <out>/benchmark_reference.{json,md}; speed is never asserted in a test.
@@ -17,7 +17,7 @@ from wsss.stages import run_script
 
 
 def main() -> None:
-    from wsss.benchmark_reference import Settings
+    from tools.benchmark_reference import Settings
 
     d = Settings()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,7 +38,7 @@ def main() -> None:
     p.add_argument("--data-root", default=d.data_root, help="generated on first use (VOC-sized, 20 classes)")
     p.add_argument("--out", default=d.out)
     a = p.parse_args()
-    from wsss.benchmark_reference import markdown, run_all
+    from tools.benchmark_reference import markdown, run_all
     from wsss.fileio import atomic_write_json, atomic_write_text
 
     s = Settings(data_root=a.data_root, out=a.out, backbone=a.backbone, stages=a.stages.split(","), repeats=a.repeats,

@@ -8,7 +8,7 @@ with shifted ground-truth SR targets, PPL with cam_source full). Writes <out>/be
 
     python scripts/compare_methods.py                       # about 70 minutes on 2 CPU cores
     python scripts/compare_methods.py --seeds 0 1 --no-controls train.epochs=3   # overrides go to every run
-    python scripts/compare_methods.py --results docs/results/compare.json        # what the README quotes
+    python scripts/compare_methods.py --results docs/results/compare.json        # what docs/synthetic_bench.md quotes
 
 Every run is a resumable run_pipeline work_dir under --out: an interrupted bench picks up
 where it stopped.
@@ -31,7 +31,7 @@ def main() -> None:
     p.add_argument("--results", default=None, metavar="JSON", help="also publish the bench there, with the machine and commit")
     p.add_argument("overrides", nargs="*", help="dotted overrides applied to every run's config")
     a = p.parse_args()
-    from wsss.compare import ARMS, Bench, run_bench
+    from tools.compare import ARMS, Bench, run_bench
 
     arms = {k: v for k, v in ARMS.items() if a.arms is None or k in a.arms}
     for given in (a.arms, a.heldout_arms):

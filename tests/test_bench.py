@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from wsss.cam.premise import check_premise
-from wsss.compare import BASELINE, aggregate, verdict, write_shifted_masks
+from tools.compare import BASELINE, aggregate, verdict, write_shifted_masks
 
 
 def _cam_eval(part, body, prec, rec):

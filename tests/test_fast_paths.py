@@ -104,7 +104,7 @@ def test_channels_last_make_cam_within_1e5(r18, tmp_path):
 def test_reference_loop_make_cam_equals_ours(r18, tmp_path):
     """The benchmark's baseline (the reference's make_cam as a plain loop) computes our CAM
     files: the same keys, high-res and strided maps within 1e-5."""
-    from wsss.reference_loops import load_cam_npy, make_cam
+    from tools.reference_loops import load_cam_npy, make_cam
 
     cfg, model = r18
     cfg.cam.save_strided = True
@@ -126,7 +126,7 @@ def test_make_pseudo_equals_the_reference_loop(r18, tmp_path, workers):
     image, a plain pool over the ids), pixel for pixel."""
     from wsss.fileio import read_mask
     from wsss.pseudo.make import make_pseudo_masks
-    from wsss.reference_loops import make_pseudo
+    from tools.reference_loops import make_pseudo
 
     cfg, model = r18
     cfg.pseudo.crf_reference_size = 0  # the reference's CRF: kernels in pixels as given (VOC's configs)

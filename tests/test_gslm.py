@@ -132,7 +132,7 @@ def test_ground_truth_sr_targets_control(tiny_root, tmp_path):
     masks as SR targets raises the CAM mIoU by >= 5 points and beats the same round with
     sr_weight 0; shifted ground-truth masks (right classes, wrong places) do not beat it."""
     from conftest import CONFIGS, run_script, tiny_overrides
-    from wsss.compare import write_shifted_masks
+    from tools.compare import write_shifted_masks
 
     shifted = write_shifted_masks(tiny_root, tmp_path / "shifted")
     common = {"gslm.rounds": 1, "gslm.epochs": 6, "gslm.lr": 0.01, "train.epochs": 2, "train.lr": 0.05,

@@ -1,13 +1,14 @@
-"""The import graph keeps the layering: no import circle among wsss, ppl_wsss and gslm; the
+"""The import graph keeps the layering: no import circle among wsss, ppl_wsss, gslm and tools; the
 shared layer (wsss) never imports a method package (methods plug in through wsss.registry);
-wsss.data knows no training loop (no wsss.engine). Imports inside functions count too."""
+no library package (wsss or a method) imports the tools (benchmarks, the bench); wsss.data
+knows no training loop (no wsss.engine). Imports inside functions count too."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("wsss", "ppl_wsss", "gslm")
+PACKAGES = ("wsss", "ppl_wsss", "gslm", "tools")
 METHOD_PACKAGES = ("ppl_wsss", "gslm")
 
 
@@ -111,6 +112,8 @@ def broken_rules(edges: dict[str, set[str]]) -> list[str]:
     out = [f"{a} imports {b}: the shared layer knows no method (register it in wsss.registry)"
            for a in sorted(edges) for b in sorted(edges[a])
            if a.split(".")[0] == "wsss" and b.split(".")[0] in METHOD_PACKAGES]
+    out += [f"{a} imports {b}: the library knows no tool" for a in sorted(edges) for b in sorted(edges[a])
+            if a.split(".")[0] != "tools" and b.split(".")[0] == "tools"]
     out += [f"{a} imports {b}: data knows no training loop" for a in sorted(edges) for b in sorted(edges[a])
             if (a == "wsss.data" or a.startswith("wsss.data.")) and (b == "wsss.engine" or b.startswith("wsss.engine."))]
     out += ["import circle: " + " <-> ".join(c) for c in cycles(edges)]
@@ -141,6 +144,9 @@ def test_checker_finds_circles_forbidden_edges_and_function_level_imports():
     assert broken_rules(import_graph(method)) == ["wsss.b imports gslm.n: the shared layer knows no method "
                                                   "(register it in wsss.registry)"]
 
+    tool = dict(clean, **_fake(tools__t="import wsss.a\n", gslm__m="def f():\n    from tools.t import z\n"))
+    assert broken_rules(import_graph(tool)) == ["gslm.m imports tools.t: the library knows no tool"]
+
     data = dict(clean, **_fake(wsss__data__d="from ..engine.f import y\n", wsss__engine__f="y = 0\n"))  # relative
     assert broken_rules(import_graph(data)) == ["wsss.data.d imports wsss.engine.f: data knows no training loop"]
 
@@ -150,6 +156,7 @@ def test_checker_reads_the_real_tree():
     assert {"wsss.config", "wsss.registry", "wsss.engine.trainer", "ppl_wsss.method", "gslm.slm"} <= set(edges)
     assert "wsss.registry" in edges["wsss.config"]
     assert "wsss.models.cam_net" in edges["ppl_wsss.method"]
+    assert "wsss.registry" in edges["tools.benchmark"]
 
 
 def test_import_graph_has_no_circle_and_no_forbidden_edge():

@@ -1,20 +1,23 @@
-"""Every result table the README quotes is rendered from a JSON file in docs/results that the
+"""Every result table the README and docs/*.md quote is rendered from a JSON file in docs/results that the
 command measuring it wrote (with the machine and the commit): a number typed by hand, or a
 JSON changed without re-rendering, fails here."""
 import json
 import re
 
 from conftest import REPO
-from wsss.results import RENDERERS, load_published, marked_sections, render
+from wsss.results import RENDERERS, documents, load_published, marked_sections, render
 
 
-def test_readme_result_sections_equal_their_published_json():
-    readme = (REPO / "README.md").read_text()
-    sections = marked_sections(readme)
-    assert set(sections) == set(RENDERERS), sorted(sections)
+def test_result_sections_equal_their_published_json():
     docs = load_published()
-    for name, body in sections.items():
-        assert body == render(name, docs), f"README section {name} differs from docs/results (run scripts/render_results.py)"
+    where: dict[str, list[str]] = {}
+    for path in documents(REPO):
+        for name, body in marked_sections(path.read_text()).items():
+            where.setdefault(name, []).append(path.name)
+            assert body == render(name, docs), f"{path.name}: section {name} differs from docs/results (run scripts/render_results.py)"
+    assert set(where) == set(RENDERERS), sorted(where)  # every table is quoted somewhere ...
+    assert all(len(files) == 1 for files in where.values()), where  # ... and in one place only
+    assert "demo" in marked_sections((REPO / "README.md").read_text())
 
 
 def test_published_results_say_what_made_them():

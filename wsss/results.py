@@ -1,15 +1,15 @@
-"""Published results: the numbers the README quotes, each from one command that writes it.
+"""Published results: the numbers the README and docs/*.md quote, each from one command that writes it.
 
     python scripts/run_pipeline.py --config configs/demo/demo_synthetic.yaml --results docs/results/demo.json
     python scripts/compare_methods.py --results docs/results/compare.json
     python scripts/benchmark.py --results docs/results/benchmark.json
-    python scripts/render_results.py          # rewrites the README's marked sections from them
+    python scripts/render_results.py          # rewrites the docs' marked sections from them
 
 A published file holds the command, the machine (platform, CPU model, cores, torch and
-its thread count, GPU), the git commit with a dirty flag, and the data. The README's
-sections between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` are rendered
-from these files only (:func:`render`); ``tests/test_results_docs.py`` fails when a quoted
-number differs from its file.
+its thread count, GPU), the git commit with a dirty flag, and the data. The sections
+between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` in README.md and
+docs/*.md (:func:`documents`) are rendered from these files only (:func:`render`);
+``tests/test_results_docs.py`` fails when a quoted number differs from its file.
 """
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def _relative(arg: str) -> str:
 
 
 # --------------------------------------------------------------------------
-# the README's marked sections, from published results only
+# the marked sections of README.md and docs/*.md, from published results only
 # --------------------------------------------------------------------------
 def pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
@@ -239,6 +239,11 @@ def render(name: str, docs: dict) -> str:
 
 
 MARKER = re.compile(r"(<!-- results:(\w+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
+
+
+def documents(repo: Path = REPO) -> list[Path]:
+    """The files that may quote published results: the README and the pages under docs/."""
+    return [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]
 
 
 def marked_sections(text: str) -> dict[str, str]:

@@ -13,7 +13,7 @@ held-out data seed that no config was tuned on. The bench then
   ground-truth SR targets (the machinery with right and with wrong targets), PPL with
   ``cam_source=full`` against ``concat``.
 
-Writes <out>/bench.json and bench.md; ``--results`` also publishes the JSON for the README.
+Writes <out>/bench.json and bench.md; ``--results`` also publishes the JSON for docs/synthetic_bench.md.
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from wsss.registry import bench_phase
 from wsss.reporting import md_table
 
 REPO = Path(__file__).resolve().parents[1]
-# the synthetic configs of compare_methods (wsss.compare.ARMS), under the benchmark's names
+# the synthetic configs of compare_methods (tools.compare.ARMS), under the benchmark's names
 METHOD_CONFIGS = {
     "cam_net": "configs/cam/cam_r18_synthetic.yaml",
     "ppl_progressive": "configs/ppl/ppl_progressive_r18_synthetic.yaml",
@@ -202,7 +202,7 @@ def bench_eval_cam(args, work: Path, cam_dir: str, split: str) -> dict:
 
 
 def _child(fn_name: str, args, work: Path, kwargs: dict, queue) -> None:
-    import wsss.benchmark as b
+    import tools.benchmark as b
 
     result = getattr(b, fn_name)(args, work, **kwargs)
     queue.put((result, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0))

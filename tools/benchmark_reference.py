@@ -1,6 +1,6 @@
 """Our stages side by side with plain loops of the reference procedure (scripts/benchmark_reference.py).
 
-The reference side is :mod:`wsss.reference_loops`: IRN's / GSLM's make_cam, train_cam and
+The reference side is :mod:`tools.reference_loops`: IRN's / GSLM's make_cam, train_cam and
 make_pseudo written from their definitions, one image at a time, with none of our
 batching, caching or data path. Both sides run on the same VOC-sized synthetic images
 (``voc_sizes``: long side 500, mostly 500x375), the same ResNet-50 weights and the same
@@ -162,7 +162,7 @@ def run_child(kind: str, spec: dict, log_dir: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with open(log, "w") as f:
         t0 = time.perf_counter()
-        p = subprocess.Popen([sys.executable, "-m", "wsss.benchmark_reference", kind, str(spec_file)], cwd=REPO,
+        p = subprocess.Popen([sys.executable, "-m", "tools.benchmark_reference", kind, str(spec_file)], cwd=REPO,
                              stdout=f, stderr=subprocess.STDOUT, env=env)
         _, status, ru = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
@@ -198,7 +198,7 @@ def _child_make_cam(spec: dict, ours: bool) -> dict:
         r = make_cams(cfg, model, torch.device("cpu"), split=spec["split"], out_dir=out, redo=True, progress=False)
         return {"threads": torch.get_num_threads(), "steady_images_per_s": r.get("steady_images_per_s")}
     from wsss.cam.training import build_cam_model
-    from wsss.reference_loops import make_cam
+    from tools.reference_loops import make_cam
 
     model = build_cam_model(cfg, pretrained=False)
     model.load_state_dict(torch.load(spec["weights"], map_location="cpu", weights_only=True))
@@ -225,7 +225,7 @@ def _child_train_cam(spec: dict, ours: bool) -> dict:
         train_cam(cfg, resume=False)
         return {"threads": torch.get_num_threads()}
     from wsss.cam.training import build_cam_model
-    from wsss.reference_loops import train_cam as ref_train
+    from tools.reference_loops import train_cam as ref_train
 
     work.mkdir(parents=True, exist_ok=True)
     model = build_cam_model(cfg, pretrained=False)
@@ -245,7 +245,7 @@ def _child_make_pseudo(spec: dict, ours: bool) -> dict:
         cfg = _config(s, Path(spec["work"]), [f"pseudo.workers={spec['workers']}"])
         r = make_pseudo_masks(cfg, cam_dir=spec["cam_dir"], out_dir=out, redo=True, ids=ids, progress=False)
         return {"images_per_s": r["images_per_s"]}
-    from wsss.reference_loops import make_pseudo
+    from tools.reference_loops import make_pseudo
 
     make_pseudo(s.data_root, ids, spec["cam_dir"], out, workers=spec["workers"])
     return {}
@@ -293,7 +293,7 @@ def child_main(argv: list[str]) -> None:
 def compare_cams(ours_dir: str | Path, ref_dir: str | Path) -> dict:
     """Largest |ours - reference| of the high-res and strided maps over every file; keys equal."""
     from wsss.cam.files import load_cam
-    from wsss.reference_loops import load_cam_npy
+    from tools.reference_loops import load_cam_npy
 
     worst = {"high_res": 0.0, "strided": 0.0}
     files = sorted(Path(ref_dir).glob("*.npz"))
