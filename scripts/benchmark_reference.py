@@ -8,6 +8,7 @@ Writes <out>/benchmark_reference.{json,md}; speed is never asserted in a test.
     python scripts/benchmark_reference.py                                  # ResNet-50, all stages, 3 pairs each
     python scripts/benchmark_reference.py --stages make_cam --repeats 5
     python scripts/benchmark_reference.py --ours runtime.channels_last=true   # an opt-in switch on our side
+    python scripts/benchmark_reference.py --results docs/results/benchmark_reference.json   # what docs/performance.md quotes
 """
 import argparse
 from pathlib import Path
@@ -37,6 +38,7 @@ def main() -> None:
     p.add_argument("--ours", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for our side only")
     p.add_argument("--data-root", default=d.data_root, help="generated on first use (VOC-sized, 20 classes)")
     p.add_argument("--out", default=d.out)
+    p.add_argument("--results", default=None, help="also publish the results here (e.g. docs/results/benchmark_reference.json)")
     a = p.parse_args()
     from tools.benchmark_reference import markdown, run_all
     from wsss.fileio import atomic_write_json, atomic_write_text
@@ -53,6 +55,10 @@ def main() -> None:
     atomic_write_json(Path(a.out) / "benchmark_reference.json", res)
     atomic_write_text(Path(a.out) / "benchmark_reference.md", md)
     print(f"saved {Path(a.out) / 'benchmark_reference.json'}")
+    if a.results:
+        from wsss.results import publish
+
+        print(f"published: {publish(a.results, 'benchmark_reference', res)}")
 
 
 if __name__ == "__main__":

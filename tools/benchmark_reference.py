@@ -446,73 +446,10 @@ def run_all(s: Settings, after_stage=None) -> dict:
 # --------------------------------------------------------------------------
 # report
 # --------------------------------------------------------------------------
-TARGETS = {"make_cam": 1.9, "train_cam": 1.4, "make_pseudo": 1.5}
-
-
-def _ratio_cell(r: dict) -> str:
-    return f"**{r['ratio']:.2f}** ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})"
-
-
-def _cpu_cell(r: dict) -> str:
-    return f"{r['cpu_ratio']:.2f} ({r['cpu_ratio_min']:.2f}-{r['cpu_ratio_max']:.2f})"
-
-
 def markdown(res: dict) -> str:
-    from wsss.reporting import md_table
+    from wsss.results import render_reference_tables
 
-    s = res["settings"]
-    m = res["machine"]
-    lines = [f"Machine: {m['cpus']} CPUs, {m['processor']}, torch {m['torch']}, {m['threads']} threads per process. "
-             f"{s['repeats']} interleaved pairs per row; ratio = reference wall time / ours (median, range).\n"]
-    rows = []
-    if "make_cam" in res:
-        r = res["make_cam"]
-        rows.append([f"make_cam: {s['cam_images']} images, scales {s['scales']} + flip, {s['cam_workers']} loader worker(s)",
-                     f"{r['ref_wall_s']:.1f}", f"{r['ours_wall_s']:.1f}", _ratio_cell(r), f">= {TARGETS['make_cam']}", _cpu_cell(r),
-                     f"{r['ref_sys_s']:.1f} / {r['ours_sys_s']:.1f}", f"{r['ref_peak_rss_mib']:.0f} / {r['ours_peak_rss_mib']:.0f}"])
-        if "before_over_ours" in r:
-            b = r["before_over_ours"]
-            rows.append(["make_cam, our loop before these changes (instead of the reference)", f"{b['before_wall_s']:.1f}",
-                         f"{b['ours_wall_s']:.1f}", _ratio_cell(b), "-", _cpu_cell(b),
-                         f"{b['before_sys_s']:.1f} / {b['ours_sys_s']:.1f}",
-                         f"{b['before_peak_rss_mib']:.0f} / {b['ours_peak_rss_mib']:.0f}"])
-    if "train_cam" in res:
-        r = res["train_cam"]
-        rows.append([f"train_cam: {s['train_images']} images, batch {s['train_batch']}, crop {s['train_crop']}, 1 epoch, "
-                     f"{s['train_workers']} loader workers", f"{r['ref_wall_s']:.1f}", f"{r['ours_wall_s']:.1f}", _ratio_cell(r),
-                     f">= {TARGETS['train_cam']}", _cpu_cell(r), f"{r['ref_sys_s']:.1f} / {r['ours_sys_s']:.1f}",
-                     f"{r['ref_peak_rss_mib']:.0f} / {r['ours_peak_rss_mib']:.0f}"])
-    for key, r in res.get("make_pseudo", {}).items():
-        w = key.split("_")[1]
-        rows.append([f"make_pseudo: {s['pseudo_images']} images, 2 CRFs each, {w} worker(s)", f"{r['ref_wall_s']:.1f}",
-                     f"{r['ours_wall_s']:.1f}", _ratio_cell(r), f">= {TARGETS['make_pseudo']}" if w == "2" else "-", _cpu_cell(r),
-                     f"{r['ref_sys_s']:.1f} / {r['ours_sys_s']:.1f}", f"{r['ref_peak_rss_mib']:.0f} / {r['ours_peak_rss_mib']:.0f}"])
-    lines.append(md_table(["stage", "reference s", "ours s", "ratio (wall)", "goal", "ratio (CPU time)", "system CPU s (ref / ours)",
-                           "peak RSS MiB (ref / ours)"], rows))
-    checks = []
-    if "make_cam" in res:
-        c = res["make_cam"]["cams"]
-        checks.append(["CAM files (ours vs reference loop)", f"{c['files']} files, max abs diff: high-res "
-                       f"{c['max_abs_diff_high_res']:.1e}, strided {c['max_abs_diff_strided']:.1e}"])
-    for key, r in res.get("make_pseudo", {}).items():
-        mk = r["masks"]
-        checks.append([f"pseudo masks, {key.replace('_', ' ')}", f"{mk['identical']} of {mk['files']} pixel-identical"])
-    if checks:
-        lines.append(md_table(["same work", "result"], checks))
-    if "scaling" in res:
-        rows = []
-        for stage, sc in res["scaling"].items():
-            n1, n2 = sorted({v["images"] for v in sc["runs"].values()})
-            r, o = sc["runs"], sc["marginal_s_per_image"]
-            rows.append([stage, f"{n1} / {n2}", f"{r[f'ref_{n1}']['wall_s']:.1f} / {r[f'ref_{n2}']['wall_s']:.1f}",
-                         f"{r[f'ours_{n1}']['wall_s']:.1f} / {r[f'ours_{n2}']['wall_s']:.1f}",
-                         f"{o['ref']:.2f} / {o['ours']:.2f}", f"{sc['steady_ratio']:.2f}",
-                         f"{r[f'ref_{n1}']['peak_rss_mib']:.0f} / {r[f'ref_{n2}']['peak_rss_mib']:.0f}",
-                         f"{r[f'ours_{n1}']['peak_rss_mib']:.0f} / {r[f'ours_{n2}']['peak_rss_mib']:.0f}"])
-        lines.append(md_table(["cost vs image count", "images", "reference s", "ours s",
-                               "s per further image (ref / ours)", "steady-state ratio", "reference peak RSS MiB",
-                               "our peak RSS MiB"], rows))
-    return "\n".join(lines)
+    return render_reference_tables(res)
 
 
 if __name__ == "__main__":
