@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--pseudo-images", type=int, default=d.pseudo_images)
     p.add_argument("--pseudo-workers", default=",".join(map(str, d.pseudo_workers)), help="comma-separated pool sizes")
     p.add_argument("--no-scaling", action="store_true", help="skip our runs at N and 2N images")
+    p.add_argument("--profile", action="store_true", help="also profile make_cam (torch.profiler, both sides) and make_pseudo (by part)")
     p.add_argument("--before", action="store_true", help="make_cam also as our loop was before the heap/kept-class/"
                    "CPU-batching changes (a third side; what they bought)")
     p.add_argument("--ours", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for our side only")
@@ -47,6 +48,7 @@ def main() -> None:
                  cam_images=a.cam_images, cam_workers=a.cam_workers, train_images=a.train_images, train_batch=a.train_batch,
                  train_workers=a.train_workers, pseudo_images=a.pseudo_images,
                  pseudo_workers=[int(w) for w in a.pseudo_workers.split(",")], scaling=not a.no_scaling, ours_extra=a.ours,
+                 profile=a.profile,
                  before=a.before)
     res = run_all(s, after_stage=lambda r: atomic_write_json(Path(a.out) / "benchmark_reference.partial.json", r))
     md = markdown(res)

@@ -52,6 +52,7 @@ class Settings:
     pseudo_images: int = 32
     pseudo_workers: list[int] = field(default_factory=lambda: [1, 2])
     scaling: bool = True  # our make_cam and make_pseudo at N and 2N images
+    profile: bool = False  # also where the time goes: make_cam under torch.profiler, make_pseudo by part
     ours_extra: list[str] = field(default_factory=list)  # config overrides for our side (e.g. runtime.channels_last=true)
     before: bool = False  # make_cam also as our loop was before these changes (see _child_make_cam_before)
     seed: int = 0
@@ -272,7 +273,24 @@ def _child_make_cam_before(spec: dict) -> dict:
     return _child_make_cam(spec, True)
 
 
+def _child_profile_make_cam(spec: dict, ours: bool) -> dict:
+    """One side's make_cam under torch.profiler: the self CPU time of each op in this process
+    (the loader worker's PIL resizing is not in it) and the wall time of the whole call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        _child_make_cam(spec, ours)
+        wall = time.perf_counter() - t0
+    ops = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+    conv = sum(v for k, v in ops.items() if "convolution" in k)
+    top = dict(sorted(ops.items(), key=lambda kv: -kv[1])[:8])
+    return {"wall_s": wall, "op_s": sum(ops.values()), "convolution_s": conv, "top_ops_s": top}
+
+
 CHILDREN = {
+    "ref_profile_make_cam": lambda spec: _child_profile_make_cam(spec, False),
+    "ours_profile_make_cam": lambda spec: _child_profile_make_cam(spec, True),
     "before_make_cam": _child_make_cam_before,
     "ref_make_cam": lambda spec: _child_make_cam(spec, False), "ours_make_cam": lambda spec: _child_make_cam(spec, True),
     "ref_train_cam": lambda spec: _child_train_cam(spec, False), "ours_train_cam": lambda spec: _child_train_cam(spec, True),
@@ -393,6 +411,72 @@ def bench_make_pseudo(s: Settings, prep: dict) -> dict:
     return res
 
 
+def profile_make_cam(s: Settings, prep: dict) -> dict:
+    """Where make_cam's time goes on each side (one run each, under the profiler): both run the
+    same convolutions, so the reference's wall time over our convolution time bounds the
+    ratio any loop around the same network can reach."""
+    out = Path(s.out) / "profile"
+    common = {"settings": asdict(s), "weights": prep["weights"], "images": s.cam_images, "split": "bench_cam",
+              "work": str(out)}
+    res = {}
+    for side in ("ref", "ours"):
+        r = run_child(f"{side}_profile_make_cam", {**common, "out_dir": str(out / side)}, out / "logs")
+        res[side] = r["reported"]
+        print(f"  profile make_cam {side}: {r['reported']['wall_s']:.1f} s, convolutions "
+              f"{r['reported']['convolution_s']:.1f} s", flush=True)
+    res["conv_bound_ratio"] = res["ref"]["wall_s"] / res["ours"]["convolution_s"]
+    return res
+
+
+def profile_make_pseudo(s: Settings, prep: dict) -> dict:
+    """Our make_pseudo per image, one process, by part: reading the image and the CAM file,
+    thresholding, the CRF's pairwise terms (built once for both maps), the two inferences,
+    the PNG write."""
+    import tempfile
+
+    from wsss.cam.files import cam_path, load_cam
+    from wsss.fileio import read_image, write_palette_png
+    from wsss.pseudo.crf import _dense_crf
+    from wsss.pseudo.make import threshold_labels
+
+    from pydensecrf.utils import unary_from_labels
+
+    ours_cams, _ = pseudo_cams(s, "pseudo")
+    cfg = _config(s, Path(s.out) / "profile", [])
+    p, crf = cfg.pseudo, cfg.pseudo.crf_params
+    parts = dict.fromkeys(["read image + CAM file", "threshold", "pairwise terms (lattices)", "unary + 2 inferences",
+                           "argmax + mask", "PNG write"], 0.0)
+    ids = _ids(s, s.pseudo_images)
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in ids:
+            t = [time.perf_counter()]
+            img = read_image(Path(s.data_root) / "JPEGImages" / f"{i}.jpg")
+            cam = load_cam(cam_path(ours_cams, i), img.shape[:2])
+            t.append(time.perf_counter())
+            maps = [threshold_labels(cam["high_res"], th) for th in (p.fg_thres, p.bg_thres)]
+            t.append(time.perf_counter())
+            n = len(cam["keys"]) + 1
+            d = _dense_crf(img, n, crf)
+            t.append(time.perf_counter())
+            qs = []
+            for labels in maps:
+                d.setUnaryEnergy(unary_from_labels(labels, n, gt_prob=crf.gt_prob, zero_unsure=False))
+                qs.append(np.asarray(d.inference(crf.iters), dtype=np.float32).reshape(n, *img.shape[:2]))
+            t.append(time.perf_counter())
+            fg, bg = (np.argmax(q, 0) for q in qs)
+            mask = fg.astype(np.uint8)
+            mask[fg == 0] = 255
+            mask[(fg == 0) & (bg == 0)] = 0
+            t.append(time.perf_counter())
+            write_palette_png(Path(tmp) / f"{i}.png", mask)
+            t.append(time.perf_counter())
+            for k, name in enumerate(parts):
+                parts[name] += t[k + 1] - t[k]
+    per_image = {k: v / len(ids) for k, v in parts.items()}
+    print("  profile make_pseudo (s per image): " + ", ".join(f"{k} {v:.3f}" for k, v in per_image.items()), flush=True)
+    return {"images": len(ids), "s_per_image": per_image}
+
+
 def bench_scaling(s: Settings, prep: dict) -> dict:
     """make_cam and make_pseudo (the largest pool) of both sides at N and 2N images: time
     should double and peak memory stay. The difference of the two runs is the cost of N more
@@ -440,6 +524,9 @@ def run_all(s: Settings, after_stage=None) -> dict:
     if s.scaling:
         print("cost vs image count (ours)", flush=True)
         res["scaling"] = bench_scaling(s, prep)
+    if s.profile:
+        print("profiles", flush=True)
+        res["profile"] = {"make_cam": profile_make_cam(s, prep), "make_pseudo": profile_make_pseudo(s, prep)}
     return res
 
 

@@ -400,8 +400,29 @@ def render_reference_tables(res: dict) -> str:
         lines.append(md_table(["cost vs image count", "images", "reference s", "ours s",
                                "s per further image (ref / ours)", "steady-state ratio", "reference peak RSS MiB",
                                "our peak RSS MiB"], rows))
+    if "profile" in res:
+        lines.append(_profile_tables(res["profile"]))
     return "\n".join(lines)
 
+
+
+def _profile_tables(prof: dict) -> str:
+    from wsss.reporting import md_table
+
+    out = []
+    if "make_cam" in prof:
+        mc = prof["make_cam"]
+        rows = [[side, f"{mc[side]['wall_s']:.1f}", f"{mc[side]['convolution_s']:.1f} ({mc[side]['convolution_s'] / mc[side]['wall_s']:.0%})",
+                 ", ".join(f"{k} {v:.1f}" for k, v in list(mc[side]["top_ops_s"].items())[:4])] for side in ("ref", "ours")]
+        out.append(md_table(["make_cam under the profiler", "wall s", "convolutions s (share of wall)", "largest ops, self CPU s"], rows))
+        out.append(f"Both sides run the same convolutions: the reference's wall time over our convolution time, "
+                   f"**{mc['conv_bound_ratio']:.2f}x**, bounds the ratio any loop around this network can reach.\n")
+    if "make_pseudo" in prof:
+        mp = prof["make_pseudo"]
+        total = sum(mp["s_per_image"].values())
+        rows = [[k, f"{v * 1000:.0f}", f"{v / total:.0%}"] for k, v in mp["s_per_image"].items()]
+        out.append(md_table([f"our make_pseudo by part ({mp['images']} images, 1 process)", "ms per image", "share"], rows))
+    return "\n".join(out)
 
 
 def render_benchmark_reference(doc: dict) -> str:
