@@ -7,16 +7,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from wsss.config import ScheduleConfig
+
 
 @dataclass
-class GSLMConfig:
-    rounds: int = 0  # R SLM rounds after the GLM; 0 = the GLM alone
+class GSLMConfig(ScheduleConfig):
+    """The SLM rounds. Each round trains with this section's schedule (the shared
+    :class:`ScheduleConfig` fields, with the reference SLM recipe's defaults: head 10x,
+    momentum 0 as the GLM's optimizer quirk, wd 1e-4); loader and logging as ``train``."""
+
     epochs: int = 10  # E per round
     lr: float = 0.001  # backbone; head at lr * head_lr_mult
-    head_lr_mult: float = 10.0
-    momentum: float = 0.0  # the reference's optimizer quirk, as for the GLM
-    weight_decay: float = 1e-4
     batch_size: int = 0  # 0: train.batch_size
+    rounds: int = 0  # R SLM rounds after the GLM; 0 = the GLM alone
     sr_weight: float = 0.5  # lambda; 0 = the "no SR loss" ablation
     beta: float = 6.0  # boundary of the seed reactivation targets
     report_threshold_start: float = 0.15  # round r reports at start + step * (r - 1); the GLM at start

@@ -145,8 +145,7 @@ def slm_phases(cfg) -> list[Phase]:
         raise ConfigError(f"gslm.rounds must be >= 0, got {g.rounds}")
     phases = []
     for r in range(1, g.rounds + 1):
-        sched = Schedule.from_train(cfg.train, epochs=g.epochs, lr=g.lr, momentum=g.momentum, weight_decay=g.weight_decay,
-                                    batch_size=g.batch_size or cfg.train.batch_size)
+        sched = Schedule.from_config(g, loop=cfg.train, batch_size=g.batch_size or cfg.train.batch_size)
         mask_dir = g.target_masks if r == 1 and g.target_masks else str(round_dir(cfg, r - 1) / "pseudo")
         phases.append(Phase(
             name=f"slm_round{r}",

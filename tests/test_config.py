@@ -109,3 +109,67 @@ def test_shipped_configs_all_load():
     assert files
     for f in files:
         load_config(f)
+
+
+def test_one_schedule_and_one_crf_schema():
+    """Every section that trains is a ScheduleConfig and every CRF a CRFConfig, each field declared once."""
+    import dataclasses
+
+    from wsss.config import CRFConfig, ScheduleConfig, TrainConfig
+    from wsss.engine.trainer import Schedule
+    from wsss.seg.config import SegConfig
+    from gslm.config import GSLMConfig
+
+    sched = {f.name for f in dataclasses.fields(ScheduleConfig)}
+    for cls in (TrainConfig, SegConfig, GSLMConfig, Schedule):
+        assert issubclass(cls, ScheduleConfig), cls
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs/gslm/gslm_r18_synthetic.yaml")
+    assert isinstance(cfg.pseudo.crf_params, CRFConfig) and isinstance(cfg.seg.crf_params, CRFConfig)
+    assert cfg.seg.crf_params.bilateral_sxy == 67.0 and cfg.pseudo.crf_params.bilateral_sxy == 50.0
+    # a GSLM round: the gslm section's schedule, the train section's loop settings (as before the shared schema)
+    g, t = cfg.gslm, cfg.train
+    s = Schedule.from_config(g, loop=t, batch_size=g.batch_size or t.batch_size)
+    assert {k: getattr(s, k) for k in sched} == {**{k: getattr(g, k) for k in sched}, "batch_size": g.batch_size or t.batch_size}
+    assert (s.workers, s.max_steps, s.log_interval, s.ckpt_interval, s.vis_interval) == \
+        (t.workers, t.max_steps, t.log_interval, t.ckpt_interval, t.vis_interval)
+    assert (g.nesterov, g.poly_power) == (t.nesterov, t.poly_power)  # what the rounds took from train before
+    d = Schedule.from_config(cfg.seg, max_steps=3)
+    assert (d.iterations, d.lr, d.momentum, d.max_steps, d.workers, d.val_interval) == \
+        (cfg.seg.iterations, cfg.seg.lr, cfg.seg.momentum, 3, cfg.seg.workers, cfg.seg.val_interval)
+
+
+def test_renamed_keys_are_still_read_with_a_note(tmp_path, capsys):
+    """The CRF keys from before crf_params (pseudo.gauss_sxy, seg.crf_iters, ...) still work."""
+    import wsss.config as config
+
+    config._noted.clear()
+    p = write(tmp_path / "old.yaml", {"data": {"root": "/a"}, "pseudo": {"gauss_compat": 3.0, "crf_reference_size": 500},
+                                      "seg": {"crf_bilateral_sxy": 80.0}})
+    cfg = load_config(p, ["pseudo.crf_iters=5"])
+    assert cfg.pseudo.crf_params.gauss_compat == 3.0 and cfg.pseudo.crf_params.reference_size == 500
+    assert cfg.pseudo.crf_params.iters == 5 and cfg.seg.crf_params.bilateral_sxy == 80.0
+    err = capsys.readouterr().err
+    assert f"note: pseudo.gauss_compat (from {p}) is now pseudo.crf_params.gauss_compat; read as that" in err
+    assert "note: pseudo.crf_iters (from the command line) is now pseudo.crf_params.iters" in err
+    # the new name on the command line wins over an old name in a file
+    assert load_config(p, ["pseudo.crf_params.gauss_compat=7"]).pseudo.crf_params.gauss_compat == 7.0
+    # a stored config with the old names (a checkpoint's) reads the same, without a note
+    stored = to_dict(cfg)
+    stored["pseudo"]["gt_prob"] = stored["pseudo"]["crf_params"].pop("gt_prob")
+    assert to_dict(config_from_dict(stored)) == to_dict(cfg)
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_a_section_keeps_its_own_defaults_for_a_shared_schema(tmp_path):
+    """seg.aug and seg.crf_params are the shared AugConfig / CRFConfig with DeepLab's defaults:
+    absent, or given in part, the keys not given keep DeepLab's values, not the schema's."""
+    from wsss.seg.config import SegConfig
+
+    own = SegConfig()
+    p = write(tmp_path / "x.yaml", {"data": {"root": "/a"}})
+    cfg = load_config(p)
+    assert to_dict(cfg.seg.aug) == to_dict(own.aug) and to_dict(cfg.seg.crf_params) == to_dict(own.crf_params)
+    assert cfg.seg.aug.crop_size == 321 and cfg.seg.crf_params.bilateral_sxy == 67.0 and cfg.train.aug.crop_size == 512
+    part = load_config(p, ["seg.aug.crop_size=300", "seg.crf_params.iters=3"])
+    assert part.seg.aug.crop_size == 300 and part.seg.aug.scale_range == own.aug.scale_range
+    assert part.seg.crf_params.iters == 3 and part.seg.crf_params.gauss_sxy == own.crf_params.gauss_sxy

@@ -129,7 +129,7 @@ def test_make_pseudo_equals_the_reference_loop(r18, tmp_path, workers):
     from tools.reference_loops import make_pseudo
 
     cfg, model = r18
-    cfg.pseudo.crf_reference_size = 0  # the reference's CRF: kernels in pixels as given (VOC's configs)
+    cfg.pseudo.crf_params.reference_size = 0  # the reference's CRF: kernels in pixels as given (VOC's configs)
     make_cams(cfg, model, torch.device("cpu"), split="val")
     ids = VOCLayout(cfg.data.root).read_split("val")
     ref_cams = tmp_path / "ref_cams"

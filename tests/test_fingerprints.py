@@ -67,11 +67,12 @@ def test_every_key_is_fingerprinted_or_harmless(tiny_cfg):
     ("cam.scales", [1.0], {"make_cam"}),
     ("runtime.amp", "bf16", {"train_cam", "make_cam", "train_seg"}),
     ("eval_cam.threshold_step", 0.02, {"eval_cam"}),
-    ("pseudo.gauss_compat", 3.0, {"eval_cam", "make_pseudo"}),
+    ("pseudo.crf_params.gauss_compat", 3.0, {"eval_cam", "make_pseudo"}),
     ("pseudo.fg_thres", 0.4, {"make_pseudo"}),
     ("pseudo.eval_split", "val", {"eval_pseudo"}),
     ("seg.lr", 0.01, {"train_seg"}),
     ("seg.crf", True, {"eval_seg"}),
+    ("seg.crf_params.bilateral_sxy", 80.0, {"eval_seg"}),
     ("data.num_classes", 4, set(STAGES) - {"make_cam"}),
 ])
 def test_a_key_changes_the_stages_it_reaches(tiny_cfg, key, value, stages):
@@ -79,6 +80,23 @@ def test_a_key_changes_the_stages_it_reaches(tiny_cfg, key, value, stages):
     before = {st: stage_keys(cfg, st) for st in STAGES}
     _set(cfg, key, value)
     assert {st for st in STAGES if stage_keys(cfg, st) != before[st]} == stages
+
+
+def test_records_made_under_renamed_keys_still_compare(tiny_cfg):
+    """A stage record written before the CRF keys moved under crf_params (pseudo.gauss_sxy, ...)
+    equals today's record of the same config, and a changed value is named by the new key."""
+    from wsss.fingerprint import changed
+
+    cfg = tiny_cfg("ppl/ppl_progressive_r18_synthetic.yaml")
+    new = {"stage": "make_pseudo", "keys": stage_keys(cfg, "make_pseudo")}
+    old = copy.deepcopy(new)
+    for k in [k for k in old["keys"] if k.startswith("pseudo.crf_params.")]:
+        leaf = k.rsplit(".", 1)[1]
+        legacy = {"iters": "crf_iters", "reference_size": "crf_reference_size"}.get(leaf, leaf)
+        old["keys"][f"pseudo.{legacy}"] = old["keys"].pop(k)
+    assert "pseudo.gauss_sxy" in old["keys"] and changed(old, new) == []
+    old["keys"]["pseudo.gauss_sxy"] = 1.0
+    assert changed(old, new) == [("pseudo.crf_params.gauss_sxy", 1.0, cfg.pseudo.crf_params.gauss_sxy)]
 
 
 def test_extra_phases_make_train_cam_depend_on_the_stages_they_run(tiny_cfg):

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from wsss.pseudo.crf import CRFParams, crf_labels
+from wsss.config import CRFConfig
+from wsss.pseudo.crf import crf_labels
 from wsss.pseudo.make import cams_to_pseudo, make_pseudo_masks
 
 
@@ -35,7 +36,7 @@ def test_fg_bg_uncertain_logic_without_crf():
 
 def test_fg_bg_uncertain_logic_with_crf():
     img, cams, keys, expected = _hand_made()
-    mask = cams_to_pseudo(img, cams, keys, 0.30, 0.05, crf=CRFParams())
+    mask = cams_to_pseudo(img, cams, keys, 0.30, 0.05, crf=CRFConfig())
     np.testing.assert_array_equal(mask, expected)
 
 
@@ -45,7 +46,7 @@ def test_crf_pulls_labels_to_image_edges():
     img[:, 30:] = 255
     labels = np.zeros((40, 60), np.int64)
     labels[:, 27:] = 1
-    (out,) = crf_labels(img, [labels], 2, CRFParams())
+    (out,) = crf_labels(img, [labels], 2, CRFConfig())
     assert (out[:, :30] == 0).mean() > 0.95 and (out[:, 30:] == 1).all()
 
 
@@ -53,8 +54,8 @@ def test_shared_pairwise_equals_independent_crfs():
     rng = np.random.default_rng(0)
     img = (rng.random((30, 45, 3)) * 255).astype(np.uint8)
     maps = [rng.integers(0, 3, (30, 45)) for _ in range(3)]
-    shared = crf_labels(img, maps, 3, CRFParams(), shared=True)
-    independent = crf_labels(img, maps, 3, CRFParams(), shared=False)
+    shared = crf_labels(img, maps, 3, CRFConfig(), shared=True)
+    independent = crf_labels(img, maps, 3, CRFConfig(), shared=False)
     for a, b in zip(shared, independent):
         np.testing.assert_array_equal(a, b)
 
@@ -89,15 +90,16 @@ def test_crf_pixel_units_scale_with_the_image_size():
     sxy set for 500 px gives exactly the CRF of sxy halved."""
     import dataclasses
 
-    from wsss.pseudo.crf import CRFParams, crf_labels
+    from wsss.config import CRFConfig
+    from wsss.pseudo.crf import crf_labels
 
-    p = CRFParams(reference_size=500.0)
+    p = CRFConfig(reference_size=500.0)
     assert p.sxy_for(250, 125) == (1.5, 25.0) and p.sxy_for(375, 500) == (3.0, 50.0)
-    assert CRFParams().sxy_for(250, 125) == (3.0, 50.0)
+    assert CRFConfig().sxy_for(250, 125) == (3.0, 50.0)
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (125, 250, 3), dtype=np.uint8)
     labels = (rng.random((125, 250)) < 0.4).astype(np.int64)
     scaled = crf_labels(img, [labels], 2, p)[0]
-    halved = crf_labels(img, [labels], 2, dataclasses.replace(CRFParams(), gauss_sxy=1.5, bilateral_sxy=25.0))[0]
-    as_given = crf_labels(img, [labels], 2, CRFParams())[0]
+    halved = crf_labels(img, [labels], 2, dataclasses.replace(CRFConfig(), gauss_sxy=1.5, bilateral_sxy=25.0))[0]
+    as_given = crf_labels(img, [labels], 2, CRFConfig())[0]
     assert np.array_equal(scaled, halved) and not np.array_equal(scaled, as_given)

@@ -69,8 +69,8 @@ def test_cam_crf_score_equals_threshold_and_label_crf_by_hand(tiny_cfg, tmp_path
     from wsss.cam.make import make_cams
     from wsss.cam.training import build_cam_model
 
-    # the reference's CRF: kernels in pixels as given (crf_reference_size 0, as the VOC configs)
-    cfg = tiny_cfg(**{"cam.scales": [1.0], "cam.flip": False, "eval_cam.report_threshold": 0.25, "pseudo.crf_reference_size": 0})
+    # the reference's CRF: kernels in pixels as given (crf_params.reference_size 0, as the VOC configs)
+    cfg = tiny_cfg(**{"cam.scales": [1.0], "cam.flip": False, "eval_cam.report_threshold": 0.25, "pseudo.crf_params.reference_size": 0})
     torch.manual_seed(1)
     model = build_cam_model(cfg).eval()
     make_cams(cfg, model, torch.device("cpu"), split="train")

@@ -101,18 +101,29 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
+class ScheduleConfig:
+    """One optimisation schedule (SGD, poly decay): the fields every section that trains
+    shares (``train``, ``seg``, ``gslm``), declared once; a section states its own recipe's
+    defaults. The engine runs it as a :class:`wsss.engine.trainer.Schedule`."""
+
     epochs: int = 5
-    max_steps: int = 0  # > 0 caps the steps of every training phase (smoke runs)
+    iterations: int = 0  # > 0: this many steps instead of epochs (DeepLab)
     batch_size: int = 16  # global batch, split across ranks under torchrun
     lr: float = 0.1
-    head_lr_mult: float = 10.0
+    head_lr_mult: float = 10.0  # the classifier's lr multiplier
     # The reference's PolyOptimizer passed weight decay into SGD's momentum
     # slot, so its published numbers were trained with momentum ~1e-4.
     momentum: float = 0.0
     nesterov: bool = False
     weight_decay: float = 1e-4
     poly_power: float = 0.9
+
+
+@dataclass
+class TrainConfig(ScheduleConfig):
+    """train_cam: the CAM network's schedule (the IRN/GSLM recipe by default) and its loop."""
+
+    max_steps: int = 0  # > 0 caps the steps of every training phase (smoke runs)
     workers: int = 4
     log_interval: int = 20
     ckpt_interval: int = 200  # steps between last.pth saves (and at each phase end)
@@ -166,10 +177,35 @@ class EvalCamConfig:
     threshold_step: float = 0.01
     report_threshold: float = -1.0  # also report this threshold (< 0: none)
     # Also score "CAM+CRF": the CAM at one threshold (report_threshold if set, else the
-    # sweep's best) refined by the pseudo masks' label CRF (pseudo.* CRF keys), as the
+    # sweep's best) refined by the pseudo masks' label CRF (pseudo.crf_params), as the
     # GSLM reference scores each SLM round.
     crf: bool = True
     coverage_threshold: float = 0.30  # synthetic data: part/body coverage at this fixed threshold too
+
+
+@dataclass
+class CRFConfig:
+    """A dense CRF (pydensecrf): its iterations and its two kernels, Gaussian (position) and
+    bilateral (position + colour). Declared once; ``pseudo.crf_params`` (the pseudo masks'
+    label CRF, GSLM's values by default) and ``seg.crf_params`` (DeepLab's probability CRF)
+    are each one of these."""
+
+    iters: int = 10
+    gt_prob: float = 0.7  # label CRF: the probability given to each pixel's label (unary_from_labels)
+    gauss_sxy: float = 3.0
+    gauss_compat: float = 10.0  # GSLM uses 10, IRN 3
+    bilateral_sxy: float = 50.0
+    bilateral_srgb: float = 5.0
+    bilateral_compat: float = 10.0
+    # > 0: the two sxy (pixel units) are for images of this long side and scale with each
+    # image's (sxy * max(H, W) / reference_size; the synthetic configs: 500, VOC's, for their
+    # smaller images); 0: used as given (VOC)
+    reference_size: float = 0.0
+
+    def sxy_for(self, h: int, w: int) -> tuple[float, float]:
+        """(Gaussian sxy, bilateral sxy) for an image of h x w pixels."""
+        f = max(h, w) / self.reference_size if self.reference_size > 0 else 1.0
+        return self.gauss_sxy * f, self.bilateral_sxy * f
 
 
 @dataclass
@@ -180,16 +216,7 @@ class PseudoConfig:
     fg_thres: float = 0.30
     bg_thres: float = 0.05
     crf: bool = True
-    crf_iters: int = 10
-    gt_prob: float = 0.7
-    gauss_sxy: float = 3.0
-    gauss_compat: float = 10.0  # GSLM uses 10, IRN 3
-    bilateral_sxy: float = 50.0
-    bilateral_srgb: float = 5.0
-    bilateral_compat: float = 10.0
-    # > 0: gauss_sxy and bilateral_sxy are for images of this long side and scale with each
-    # image's (the synthetic configs: 500, VOC's, for their smaller images); 0: as given (VOC)
-    crf_reference_size: float = 0.0
+    crf_params: CRFConfig = field(default_factory=CRFConfig)  # the label CRF (GSLM's)
     shared_pairwise: bool = True  # build the CRF's pairwise terms once for fg and bg
     workers: int = 2
     redo: bool = False
@@ -447,6 +474,9 @@ def _build(schema: type, tree: dict, prefix: str, origins: dict, extra_sections:
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
         if key in fields:
+            own = _own_defaults(fields[key], hints[key])
+            if own is not None and isinstance(value, dict):
+                value = _overlay(own, value)  # keys not given keep the section's own defaults
             try:
                 kwargs[key] = _convert(hints[key], value, dotted, origins)
             except _Invalid:
@@ -467,7 +497,7 @@ def _build(schema: type, tree: dict, prefix: str, origins: dict, extra_sections:
             continue
         if dataclasses.is_dataclass(hints[name]):
             # build absent sections from their defaults, so required keys inside are caught
-            kwargs[name] = _build(hints[name], {}, f"{prefix}{name}.", origins)
+            kwargs[name] = _build(hints[name], _own_defaults(f, hints[name]) or {}, f"{prefix}{name}.", origins)
             continue
         if f.default is MISSING and f.default_factory is MISSING:  # type: ignore[misc]
             raise ConfigError(f"missing required key '{prefix}{name}' (not set in {_origin(prefix.rstrip('.'), origins)} or its _base_ files)")
@@ -480,8 +510,67 @@ def _build(schema: type, tree: dict, prefix: str, origins: dict, extra_sections:
     return obj
 
 
-def build_config(tree: dict, origins: dict | None = None) -> Config:
-    return _build(Config, tree, "", origins or {}, _sections())
+# Keys that moved (old dotted name -> new). A config, an override or a stored config that
+# still uses an old name works as before, with a note naming the new one; fingerprints
+# recorded under an old name compare as the new one (wsss.fingerprint).
+_CRF_KERNEL = ("gauss_sxy", "gauss_compat", "bilateral_sxy", "bilateral_srgb", "bilateral_compat")
+RENAMED_KEYS: dict[str, str] = {
+    "pseudo.crf_iters": "pseudo.crf_params.iters",
+    "pseudo.gt_prob": "pseudo.crf_params.gt_prob",
+    **{f"pseudo.{k}": f"pseudo.crf_params.{k}" for k in _CRF_KERNEL},
+    "pseudo.crf_reference_size": "pseudo.crf_params.reference_size",
+    "seg.crf_iters": "seg.crf_params.iters",
+    **{f"seg.crf_{k}": f"seg.crf_params.{k}" for k in _CRF_KERNEL},
+}
+_noted: set[str] = set()
+
+
+def _apply_renames(tree: dict, origins: dict, note: bool = True) -> None:
+    """Move keys set under an old name (:data:`RENAMED_KEYS`) to their new place. The old
+    name wins over the new one unless only the new one came from the command line."""
+    for old, new in RENAMED_KEYS.items():
+        *path, leaf = old.split(".")
+        node: Any = tree
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value, src = node.pop(leaf), origins.pop(old, "")
+        *npath, nleaf = new.split(".")
+        dst = tree
+        for part in npath:
+            if not isinstance(dst.get(part), dict):
+                dst[part] = {}
+            dst = dst[part]
+        if nleaf in dst and origins.get(new) == CLI and src != CLI:
+            continue
+        dst[nleaf] = value
+        origins[new] = src
+        if note and old not in _noted and os.environ.get("RANK", "0") == "0":
+            _noted.add(old)
+            print(f"note: {old} (from {src or 'a stored config'}) is now {new}; read as that", file=sys.stderr)
+
+
+def _own_defaults(f: dataclasses.Field, hint: Any) -> dict | None:
+    """The defaults a section gives a shared nested schema through its factory (``seg.aug``,
+    ``seg.crf_params``): a dict to build on; None when the schema's own defaults apply."""
+    factory = f.default_factory  # type: ignore[misc]
+    if dataclasses.is_dataclass(hint) and factory is not MISSING and factory is not hint:
+        return to_dict(factory())
+    return None
+
+
+def _overlay(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _overlay(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_config(tree: dict, origins: dict | None = None, note_renames: bool = True) -> Config:
+    origins = {} if origins is None else origins
+    _apply_renames(tree, origins, note=note_renames)
+    return _build(Config, tree, "", origins, _sections())
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
@@ -562,7 +651,7 @@ def save_config(cfg: Config, path: str | os.PathLike | None = None) -> Path:
 
 def config_from_dict(tree: dict) -> Config:
     """Rebuild a Config from a resolved dict (as stored in checkpoints)."""
-    cfg = build_config(_copy(tree), {})
+    cfg = build_config(_copy(tree), {}, note_renames=False)
     return cfg
 
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from wsss.config import Config, ConfigError, to_dict
+from wsss.config import RENAMED_KEYS, Config, ConfigError, to_dict
 from wsss.fileio import DataError
 
 HARMLESS_NAMES = frozenset({"workers", "log_interval", "ckpt_interval", "vis_interval", "redo", "progress", "tensorboard",
@@ -60,10 +60,8 @@ CONTENT_KEYS = frozenset({"model.weights", "seg.weights", "seg.mask_dir"})
 # the shared layer's own registered sections; every other registered section is a method's
 SHARED_SECTIONS = frozenset({"seg", "pipeline", "pretrain"})
 
-CRF_KEYS = ["pseudo.crf_iters", "pseudo.gt_prob", "pseudo.gauss_sxy", "pseudo.gauss_compat", "pseudo.bilateral_sxy",
-            "pseudo.bilateral_srgb", "pseudo.bilateral_compat", "pseudo.crf_reference_size"]
-SEG_EVAL_KEYS = ["seg.val_split", "seg.test_split", "seg.scales", "seg.flip", "seg.crf", "seg.crf_iters", "seg.crf_gauss_sxy",
-                 "seg.crf_gauss_compat", "seg.crf_bilateral_sxy", "seg.crf_bilateral_srgb", "seg.crf_bilateral_compat"]
+CRF_KEYS = ["pseudo.crf_params"]
+SEG_EVAL_KEYS = ["seg.val_split", "seg.test_split", "seg.scales", "seg.flip", "seg.crf", "seg.crf_params"]
 METHODS = "<method sections>"
 
 # per stage: the keys (whole sections or dotted keys) that can change its output, and the exceptions
@@ -173,7 +171,7 @@ def diff(old: dict | None, new: dict | None, aliases: dict[str, str] | None = No
     longer has (no config can set it any more). Fingerprints cover the config; a change
     of the code itself is the commit's business (docs/reproducibility.md).
     """
-    a, b = flatten(old or {}), flatten(new or {})
+    a, b = _moved(flatten(old or {})), _moved(flatten(new or {}))
     aliases = RECORD_ALIASES if aliases is None else aliases
     defaults = schema_defaults()
     out = []
@@ -187,6 +185,19 @@ def diff(old: dict | None, new: dict | None, aliases: dict[str, str] | None = No
         if old and new and vb is MISSING_VALUE and va is not MISSING_VALUE and _covers(a, b, k):
             continue
         out.append((name, va, vb))
+    return out
+
+
+def _moved(flat: dict[str, Any]) -> dict[str, Any]:
+    """A record's keys with the config keys that moved under their new names
+    (:data:`wsss.config.RENAMED_KEYS`), so a record made before a move still compares."""
+    out = {}
+    for k, v in flat.items():
+        for old, new in RENAMED_KEYS.items():
+            if k == old or k.endswith("." + old):
+                k = k[: len(k) - len(old)] + new
+                break
+        out[k] = v
     return out
 
 
@@ -220,7 +231,12 @@ def _defaults_of(schema: type, prefix: str, out: dict) -> None:
         if f.name == "extra":
             continue
         if dataclasses.is_dataclass(hints[f.name]):
-            _defaults_of(hints[f.name], f"{prefix}{f.name}.", out)
+            factory = f.default_factory  # type: ignore[misc]
+            if factory is dataclasses.MISSING or factory is hints[f.name]:
+                _defaults_of(hints[f.name], f"{prefix}{f.name}.", out)
+            else:  # a section's own defaults for a shared schema (seg.crf_params, seg.aug)
+                for k, v in flatten(json.loads(json.dumps(to_dict(factory())))).items():
+                    out[f"{prefix}{f.name}.{k}"] = v
         elif f.default is not dataclasses.MISSING:
             out[prefix + f.name] = to_dict(f.default)
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]

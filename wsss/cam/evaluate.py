@@ -14,7 +14,7 @@ from wsss.data.voc import VOCLayout
 from wsss.fileio import read_image, read_mask
 from wsss.metrics import ThresholdSweep, confusion_matrix, coverage, region_map, scores, threshold_range
 from wsss.parallel import chunks, imap_unordered
-from wsss.pseudo.crf import CRFParams
+from wsss.config import CRFConfig
 from wsss.pseudo.make import refined_labels
 from wsss.reporting import fmt, md_table, per_class_rows, save_metrics
 
@@ -53,7 +53,7 @@ def _sweep_chunk(ids: list[str], root: str, gt_dir: str, cam_dir: str, num_class
 
 
 def _crf_chunk(ids: list[str], root: str, gt_dir: str, cam_dir: str, num_classes: int, threshold: float,
-               crf: CRFParams) -> np.ndarray:
+               crf: CRFConfig) -> np.ndarray:
     layout = VOCLayout(root)
     n = num_classes + 1
     conf = np.zeros((n, n), np.int64)
@@ -71,7 +71,7 @@ def crf_split(cfg: Config, split: str, cam_dir: str | Path, threshold: float, wo
     ids = VOCLayout(cfg.data.root).read_split(split)
     n = cfg.data.num_classes + 1
     fn = partial(_crf_chunk, root=cfg.data.root, gt_dir=cfg.data.gt_dir, cam_dir=str(cam_dir),
-                 num_classes=cfg.data.num_classes, threshold=threshold, crf=CRFParams.from_pseudo(cfg.pseudo))
+                 num_classes=cfg.data.num_classes, threshold=threshold, crf=cfg.pseudo.crf_params)
     conf = np.zeros((n, n), np.int64)
     for part in imap_unordered(fn, chunks(ids, workers) if workers > 1 else [ids], workers, chunksize=1):
         conf += part

@@ -94,7 +94,7 @@ def visualize_first(model: nn.Module, batch: dict, outputs: dict) -> np.ndarray 
 def default_cam_phase(cfg: Config, name: str = "cam", **schedule_overrides) -> Phase:
     return Phase(
         name=name,
-        schedule=Schedule.from_train(cfg.train, **schedule_overrides),
+        schedule=Schedule.from_config(cfg.train, **schedule_overrides),
         build_dataset=lambda ctx: classification_dataset(ctx.cfg),
         compute_loss=classification_loss,
         param_groups=lambda m: cam_param_groups(m, cfg.train.head_lr_mult),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from wsss.config import Config, to_dict
+from wsss.config import Config, ScheduleConfig, to_dict
 from wsss.engine.checkpoint import load_checkpoint, model_state, rng_state, save_checkpoint, set_rng_state, unwrap
 from wsss.engine.distributed import get_rank, get_world_size, init_distributed, is_distributed, select_device
 from wsss.engine.optim import build_poly, build_sgd
@@ -41,17 +41,13 @@ class NonFiniteLossError(RuntimeError):
 
 
 @dataclass
-class Schedule:
+class Schedule(ScheduleConfig):
+    """A phase's schedule as the loop runs it: a config section's :class:`ScheduleConfig`
+    fields plus the loop's own (step cap, loader workers, intervals, the poly span)."""
+
     epochs: int = 0
-    iterations: int = 0  # > 0: iteration-based (DeepLab); else epochs * steps per epoch
     max_steps: int = 0  # > 0 caps the total (smoke runs)
-    batch_size: int = 16
     workers: int = 4
-    lr: float = 0.1
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9
     poly_span: tuple = (0.0, 1.0)  # the share of a longer poly decay this phase covers
     log_interval: int = 20
     ckpt_interval: int = 200
@@ -59,13 +55,14 @@ class Schedule:
     val_interval: int = 0
 
     @classmethod
-    def from_train(cls, t, **overrides) -> "Schedule":
-        s = cls(epochs=t.epochs, max_steps=t.max_steps, batch_size=t.batch_size, workers=t.workers, lr=t.lr,
-                momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay, poly_power=t.poly_power,
-                log_interval=t.log_interval, ckpt_interval=t.ckpt_interval, vis_interval=t.vis_interval)
-        for k, v in overrides.items():
-            setattr(s, k, v)
-        return s
+    def from_config(cls, section: ScheduleConfig, loop: Any = None, **overrides) -> "Schedule":
+        """The schedule of ``section`` (``cfg.train``, ``cfg.seg``, ``cfg.gslm``), with the loop
+        settings that ``loop`` (default: the section itself) has, then ``overrides``."""
+        loop = section if loop is None else loop
+        values = {f.name: getattr(section, f.name) for f in fields(ScheduleConfig)}
+        values.update({f.name: getattr(loop, f.name) for f in fields(cls)
+                       if f.name not in values and f.name != "poly_span" and hasattr(loop, f.name)})
+        return cls(**{**values, **overrides})
 
 
 @dataclass
@@ -94,6 +91,8 @@ class TrainContext:
     world_size: int = 1
     writer: Any = None
     state: dict = field(default_factory=dict)  # free space for phases (e.g. the last outputs)
+    # called as hook(step) after every optimisation step (e.g. a benchmark's clock)
+    step_hooks: list = field(default_factory=list)
 
     @property
     def is_main(self) -> bool:
@@ -259,61 +258,23 @@ def train_phase(model: nn.Module, phase: Phase, ctx: TrainContext, state: dict |
 
 
 def _train_phase(model: nn.Module, phase: Phase, ctx: TrainContext, state: dict | None, last_path: Path) -> dict:
+    """One phase as a recipe: data -> optimiser -> (resume) -> wrapped model -> step loop.
+    Logging, visualisation and validation live in :class:`_Monitor`; callers measure from
+    outside through ``ctx.step_hooks``."""
     cfg, sched, device = ctx.cfg, phase.schedule, ctx.device
-    dataset = phase.build_dataset(ctx)
-    if sched.batch_size % ctx.world_size:
-        raise ValueError(f"[{phase.name}] batch size {sched.batch_size} is not divisible by the {ctx.world_size} ranks")
-    per_rank_batch = sched.batch_size // ctx.world_size
-    sampler = ResumableSampler(len(dataset), seed=cfg.seed + 1000 * phase.seed_offset, rank=ctx.rank, world_size=ctx.world_size)
-    steps_per_epoch = sampler.per_rank // per_rank_batch
-    if steps_per_epoch == 0:
-        raise ValueError(f"[{phase.name}] {len(dataset)} training images are fewer than one batch of {sched.batch_size}")
-    total = sched.iterations if sched.iterations > 0 else sched.epochs * steps_per_epoch
-    if sched.max_steps > 0:
-        total = min(total, sched.max_steps)
-    workers = sched.workers
-    loader = DataLoader(dataset, batch_size=per_rank_batch, sampler=sampler, num_workers=workers, drop_last=True,
-                        pin_memory=cfg.runtime.pin_memory and device.type == "cuda",
-                        persistent_workers=cfg.runtime.persistent_workers and workers > 0,
-                        prefetch_factor=4 if workers > 0 else None)
-
+    loader, sampler, per_rank_batch, steps_per_epoch, total = _data(phase, ctx)
     bare = unwrap(model)
     bare.train()
-    optimizer = build_sgd(phase.param_groups(bare), sched.lr, sched.momentum, sched.weight_decay, sched.nesterov)
-    scheduler = build_poly(optimizer, total, sched.poly_power, tuple(sched.poly_span))
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.runtime.amp == "fp16")
-    step = 0
+    optimizer, scheduler, scaler = _optimisation(bare, phase, total, cfg.runtime.amp, device)
+    step = 0 if state is None else _restore(state, bare, optimizer, scheduler, scaler)
     if state is not None:
-        bare.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if "scaler" in state and state["scaler"]:
-            scaler.load_state_dict(state["scaler"])
-        step = int(state["step"])
-        set_rng_state(state["rng"])
         ctx.log(f"[{phase.name}] resumed from {last_path} at step {step}/{total}")
-
-    if is_distributed() and cfg.runtime.sync_bn and device.type == "cuda":
-        # trainable BN (frozen BN never changes) then sees the global batch
-        nn.SyncBatchNorm.convert_sync_batchnorm(bare)
-    net: nn.Module = torch.compile(bare) if cfg.runtime.compile else bare
-    if is_distributed():
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
+    net = _wrap(bare, cfg, device)
 
     watch = _FiniteWatch(device)
-    progress = None
-    if ctx.is_main and cfg.runtime.progress:
-        from tqdm import tqdm
-
-        progress = tqdm(total=total, initial=step, desc=phase.name, dynamic_ncols=True, leave=True)
-    t_start = time.perf_counter()
-    t_window, imgs_window, data_wait = time.perf_counter(), 0, 0.0
-    step0 = step
+    monitor = _Monitor(phase, ctx, total, step, per_rank_batch * ctx.world_size)
     last_good = str(last_path) if last_path.is_file() else "none yet"
-    summary: dict = {}
-    step_times: list[float] | None = [] if ctx.state.get("record_step_times") else None  # the benchmark's
+    step0, t_start = step, time.perf_counter()
 
     def save_last() -> None:
         nonlocal last_good
@@ -327,80 +288,164 @@ def _train_phase(model: nn.Module, phase: Phase, ctx: TrainContext, state: dict 
         last_good = f"{last_path} (step {step})"
 
     while step < total:
-        epoch = step // steps_per_epoch
-        sampler.set_epoch(epoch, skip=(step % steps_per_epoch) * per_rank_batch)
-        t_data = time.perf_counter()
-        for batch in loader:
-            data_wait += time.perf_counter() - t_data
+        sampler.set_epoch(step // steps_per_epoch, skip=(step % steps_per_epoch) * per_rank_batch)
+        for batch in monitor.timed(loader):
             batch = _move(batch, device, cfg.runtime.channels_last)
-            with ctx.autocast():
-                terms = phase.compute_loss(net, batch, ctx)
-            loss = terms["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            terms = _step(net, batch, phase, ctx, optimizer, scaler, scheduler)
             watch.update(terms, step)
             step += 1
-            if step_times is not None:
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                step_times.append(time.perf_counter())
-            imgs_window += per_rank_batch * ctx.world_size
-            if progress is not None:
-                progress.update(1)
-            if step % sched.log_interval == 0 or step == total:
-                watch.check(last_good)
-                elapsed = time.perf_counter() - t_window
-                means = watch.means()
-                ips = imgs_window / max(elapsed, 1e-9)
-                summary = {**means, "images_per_s": ips, "data_wait_fraction": data_wait / max(elapsed, 1e-9)}
-                if progress is not None:
-                    progress.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}", ips=f"{ips:.1f}")
-                if ctx.writer is not None:
-                    for k, v in means.items():
-                        ctx.writer.add_scalar(f"{phase.name}/{k}", v, step)
-                    for i, g in enumerate(optimizer.param_groups):
-                        ctx.writer.add_scalar(f"{phase.name}/lr_{g.get('name') or i}", g["lr"], step)
-                    ctx.writer.add_scalar(f"{phase.name}/images_per_s", ips, step)
-                t_window, imgs_window, data_wait = time.perf_counter(), 0, 0.0
-            if sched.vis_interval and phase.visualize and ctx.writer is not None and step % sched.vis_interval == 0:
-                with torch.no_grad():
-                    img = phase.visualize(bare, batch, {})
-                if img is not None:
-                    ctx.writer.add_image(f"{phase.name}/cam", img, step, dataformats="HWC")
-            if sched.val_interval and phase.validate and step % sched.val_interval == 0 and step < total:
-                metrics = phase.validate(bare, ctx)
-                bare.train()
-                ctx.log(f"[{phase.name}] step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
-                if ctx.writer is not None:
-                    for k, v in metrics.items():
-                        if isinstance(v, (int, float)):
-                            ctx.writer.add_scalar(f"{phase.name}/val_{k}", v, step)
+            for hook in ctx.step_hooks:
+                hook(step)
+            monitor.after_step(step, batch, bare, optimizer, watch, last_good)
             if sched.ckpt_interval and step % sched.ckpt_interval == 0 and step < total:
                 save_last()
             if step >= total:
                 break
-            t_data = time.perf_counter()
-    if progress is not None:
-        progress.close()
+    monitor.close()
     watch.check(last_good)
     if is_distributed():
         # parameters agree through DDP; BN running statistics are per rank: take rank 0's
         for buf in bare.buffers():
             torch.distributed.broadcast(buf, 0)
     seconds = time.perf_counter() - t_start
-    summary.update({"phase": phase.name, "steps": total, "steps_this_run": step - step0, "seconds_this_run": round(seconds, 2),
-                    "images_per_s_this_run": (step - step0) * sched.batch_size / max(seconds, 1e-9)})
-    if step_times is not None:
-        summary["step_end_times"] = step_times
+    summary = {**monitor.summary, "phase": phase.name, "steps": total, "steps_this_run": step - step0,
+               "seconds_this_run": round(seconds, 2), "images_per_s_this_run": (step - step0) * sched.batch_size / max(seconds, 1e-9)}
     ctx.log(f"[{phase.name}] done: {total} steps, {summary['images_per_s_this_run']:.1f} images/s, {seconds:.1f} s")
     if ctx.is_main:
-        saved = {k: v for k, v in summary.items() if k != "step_end_times"}
         from wsss.reporting import provenance_of
 
-        atomic_write_json(ctx.metrics_dir / f"train_{phase.name}.json", {**saved, **provenance_of(cfg), "config": to_dict(cfg)})
+        atomic_write_json(ctx.metrics_dir / f"train_{phase.name}.json", {**summary, **provenance_of(cfg), "config": to_dict(cfg)})
     return summary
 
 
+def _step(net: nn.Module, batch: dict, phase: Phase, ctx: TrainContext, optimizer, scaler, scheduler) -> dict:
+    """One optimisation step; returns the loss terms (tensors: no host sync here)."""
+    with ctx.autocast():
+        terms = phase.compute_loss(net, batch, ctx)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(terms["loss"]).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return terms
+
+
+def _data(phase: Phase, ctx: TrainContext):
+    """The phase's loader over a resumable sampler sharded across ranks, and the step count:
+    (loader, sampler, per-rank batch, steps per epoch, total steps)."""
+    cfg, sched = ctx.cfg, phase.schedule
+    dataset = phase.build_dataset(ctx)
+    if sched.batch_size % ctx.world_size:
+        raise ValueError(f"[{phase.name}] batch size {sched.batch_size} is not divisible by the {ctx.world_size} ranks")
+    per_rank_batch = sched.batch_size // ctx.world_size
+    sampler = ResumableSampler(len(dataset), seed=cfg.seed + 1000 * phase.seed_offset, rank=ctx.rank, world_size=ctx.world_size)
+    steps_per_epoch = sampler.per_rank // per_rank_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"[{phase.name}] {len(dataset)} training images are fewer than one batch of {sched.batch_size}")
+    total = sched.iterations if sched.iterations > 0 else sched.epochs * steps_per_epoch
+    if sched.max_steps > 0:
+        total = min(total, sched.max_steps)
+    workers = sched.workers
+    loader = DataLoader(dataset, batch_size=per_rank_batch, sampler=sampler, num_workers=workers, drop_last=True,
+                        pin_memory=cfg.runtime.pin_memory and ctx.device.type == "cuda",
+                        persistent_workers=cfg.runtime.persistent_workers and workers > 0,
+                        prefetch_factor=4 if workers > 0 else None)
+    return loader, sampler, per_rank_batch, steps_per_epoch, total
+
+
+def _optimisation(bare: nn.Module, phase: Phase, total: int, amp: str, device: torch.device):
+    """SGD over the phase's parameter groups, its poly decay over ``total`` steps, the fp16 grad scaler."""
+    sched = phase.schedule
+    optimizer = build_sgd(phase.param_groups(bare), sched.lr, sched.momentum, sched.weight_decay, sched.nesterov)
+    scheduler = build_poly(optimizer, total, sched.poly_power, tuple(sched.poly_span))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    return optimizer, scheduler, scaler
+
+
+def _restore(state: dict, bare: nn.Module, optimizer, scheduler, scaler) -> int:
+    """Load a ``last.pth`` state (weights, optimiser, schedule, scaler, RNG); returns its step."""
+    bare.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if "scaler" in state and state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def _wrap(bare: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
+    """The module the steps run: SyncBatchNorm under DDP on CUDA, torch.compile, DDP."""
+    if is_distributed() and cfg.runtime.sync_bn and device.type == "cuda":
+        # trainable BN (frozen BN never changes) then sees the global batch
+        nn.SyncBatchNorm.convert_sync_batchnorm(bare)
+    net: nn.Module = torch.compile(bare) if cfg.runtime.compile else bare
+    if is_distributed():
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
+    return net
+
+
+class _Monitor:
+    """What a phase reports while it runs: the progress bar, the loss and throughput window
+    (every ``log_interval`` steps, the only host syncs), TensorBoard scalars and CAM overlays,
+    and periodic validation."""
+
+    def __init__(self, phase: Phase, ctx: TrainContext, total: int, step: int, images_per_step: int):
+        self.phase, self.ctx, self.total, self.images_per_step = phase, ctx, total, images_per_step
+        self.progress = None
+        if ctx.is_main and ctx.cfg.runtime.progress:
+            from tqdm import tqdm
+
+            self.progress = tqdm(total=total, initial=step, desc=phase.name, dynamic_ncols=True, leave=True)
+        self.t_window, self.images, self.data_wait = time.perf_counter(), 0, 0.0
+        self.summary: dict = {}
+
+    def timed(self, loader):
+        """The loader's batches, adding the time spent waiting for each to the window."""
+        t = time.perf_counter()
+        for batch in loader:
+            self.data_wait += time.perf_counter() - t
+            yield batch
+            t = time.perf_counter()
+
+    def after_step(self, step: int, batch: dict, bare: nn.Module, optimizer, watch: "_FiniteWatch", last_good: str) -> None:
+        sched, ctx, name = self.phase.schedule, self.ctx, self.phase.name
+        self.images += self.images_per_step
+        if self.progress is not None:
+            self.progress.update(1)
+        if step % sched.log_interval == 0 or step == self.total:
+            watch.check(last_good)
+            self._log(step, watch.means(), optimizer)
+        if sched.vis_interval and self.phase.visualize and ctx.writer is not None and step % sched.vis_interval == 0:
+            with torch.no_grad():
+                img = self.phase.visualize(bare, batch, {})
+            if img is not None:
+                ctx.writer.add_image(f"{name}/cam", img, step, dataformats="HWC")
+        if sched.val_interval and self.phase.validate and step % sched.val_interval == 0 and step < self.total:
+            metrics = self.phase.validate(bare, ctx)
+            bare.train()
+            ctx.log(f"[{name}] step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+            if ctx.writer is not None:
+                for k, v in metrics.items():
+                    if isinstance(v, (int, float)):
+                        ctx.writer.add_scalar(f"{name}/val_{k}", v, step)
+
+    def _log(self, step: int, means: dict, optimizer) -> None:
+        name, writer = self.phase.name, self.ctx.writer
+        elapsed = time.perf_counter() - self.t_window
+        ips = self.images / max(elapsed, 1e-9)
+        self.summary = {**means, "images_per_s": ips, "data_wait_fraction": self.data_wait / max(elapsed, 1e-9)}
+        if self.progress is not None:
+            self.progress.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}", ips=f"{ips:.1f}")
+        if writer is not None:
+            for k, v in means.items():
+                writer.add_scalar(f"{name}/{k}", v, step)
+            for i, g in enumerate(optimizer.param_groups):
+                writer.add_scalar(f"{name}/lr_{g.get('name') or i}", g["lr"], step)
+            writer.add_scalar(f"{name}/images_per_s", ips, step)
+        self.t_window, self.images, self.data_wait = time.perf_counter(), 0, 0.0
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()

@@ -20,7 +20,8 @@ from wsss.engine.distributed import get_rank, get_world_size
 from wsss.fileio import DataError, read_image, read_mask, remove_stale_temps, write_palette_png
 from wsss.metrics import confusion_matrix, scores
 from wsss.parallel import chunks, imap_unordered
-from wsss.pseudo.crf import CRFParams, crf_labels
+from wsss.config import CRFConfig
+from wsss.pseudo.crf import crf_labels
 
 
 def threshold_labels(cams: np.ndarray, threshold: float) -> np.ndarray:
@@ -31,7 +32,7 @@ def threshold_labels(cams: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def refined_labels(img: np.ndarray, cams: np.ndarray, keys: np.ndarray, thresholds: list[float],
-                   crf: CRFParams | None, shared_pairwise: bool = True) -> list[np.ndarray]:
+                   crf: CRFConfig | None, shared_pairwise: bool = True) -> list[np.ndarray]:
     """One label map (0 background, c+1 class c) per background threshold: argmax over
     [a plane at the threshold, the kept CAMs], then the label CRF (when ``crf`` is given).
     The reference's "CRF refiner" of its per-round evaluation is this at one threshold."""
@@ -43,7 +44,7 @@ def refined_labels(img: np.ndarray, cams: np.ndarray, keys: np.ndarray, threshol
 
 
 def cams_to_pseudo(img: np.ndarray, cams: np.ndarray, keys: np.ndarray, fg_thres: float, bg_thres: float,
-                   crf: CRFParams | None, shared_pairwise: bool = True) -> np.ndarray:
+                   crf: CRFConfig | None, shared_pairwise: bool = True) -> np.ndarray:
     """The pseudo mask (uint8: 0 background, c+1 class c, 255 uncertain) of one image."""
     fg, bg = refined_labels(img, cams, keys, [fg_thres, bg_thres], crf, shared_pairwise)
     mask = fg.copy()
@@ -52,7 +53,7 @@ def cams_to_pseudo(img: np.ndarray, cams: np.ndarray, keys: np.ndarray, fg_thres
     return mask.astype(np.uint8)
 
 
-def _make_one(image_id: str, root: str, cam_dir: str, out_dir: str, p: dict, crf: CRFParams | None) -> str:
+def _make_one(image_id: str, root: str, cam_dir: str, out_dir: str, p: dict, crf: CRFConfig | None) -> str:
     layout = VOCLayout(root)
     img = read_image(layout.image(image_id))
     cam = load_cam(cam_path(cam_dir, image_id), img.shape[:2])
@@ -78,7 +79,7 @@ def make_pseudo_masks(cfg: Config, split: str | None = None, cam_dir: str | Path
         raise DataError(f"{cam_path(cam_dir, missing[0])}: CAM file not found ({len(missing)} of split {split} missing; run make_cam first)")
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out_dir)
-    crf = CRFParams.from_pseudo(p) if p.crf else None
+    crf = p.crf_params if p.crf else None
     fn = partial(_make_one, root=cfg.data.root, cam_dir=str(cam_dir), out_dir=str(out_dir),
                  p={"fg_thres": p.fg_thres, "bg_thres": p.bg_thres, "shared_pairwise": p.shared_pairwise}, crf=crf)
     t0 = time.perf_counter()

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from wsss.config import AugConfig, Backbone
+from wsss.config import AugConfig, Backbone, CRFConfig, ScheduleConfig
 from wsss.registry import register_finalizer, register_section
 
 
@@ -12,8 +12,20 @@ def _seg_aug() -> AugConfig:
     return AugConfig(resize_long=[], scale_range=[0.5, 1.5], interpolation="bilinear", crop_size=321)
 
 
+def _seg_crf() -> CRFConfig:
+    # deeplab-pytorch's probability CRF (gt_prob is the label CRF's and unused here)
+    return CRFConfig(gauss_sxy=1.0, gauss_compat=3.0, bilateral_sxy=67.0, bilateral_srgb=3.0, bilateral_compat=4.0)
+
+
 @dataclass
-class SegConfig:
+class SegConfig(ScheduleConfig):
+    # the DeepLab v2 recipe's schedule (the shared ScheduleConfig fields); the head's biases
+    # have their own multiplier and no weight decay
+    iterations: int = 20000
+    batch_size: int = 10
+    lr: float = 2.5e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
     arch: Literal["deeplabv2", "deeplabv3"] = "deeplabv2"
     backbone: Backbone = "resnet101"
     # torchvision weights name, a local file (e.g. a COCO-pretrained DeepLab init), none, or
@@ -27,14 +39,7 @@ class SegConfig:
     # default: pseudo.out_dir (the experiment's pseudo masks); or any mask folder: a bare
     # name lies under data.root (SegmentationClassAug), a path is used as is
     mask_dir: str = ""
-    iterations: int = 20000
-    batch_size: int = 10
-    lr: float = 2.5e-4
-    head_lr_mult: float = 10.0  # head weights
     head_bias_lr_mult: float = 20.0  # head biases (no weight decay on them)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    poly_power: float = 0.9
     workers: int = 4
     log_interval: int = 20
     ckpt_interval: int = 1000
@@ -47,12 +52,7 @@ class SegConfig:
     scales: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5])
     flip: bool = True
     crf: bool = False
-    crf_iters: int = 10
-    crf_gauss_sxy: float = 1.0
-    crf_gauss_compat: float = 3.0
-    crf_bilateral_sxy: float = 67.0
-    crf_bilateral_srgb: float = 3.0
-    crf_bilateral_compat: float = 4.0
+    crf_params: CRFConfig = field(default_factory=_seg_crf)
     save_predictions: bool = True  # coloured PNGs of val predictions
     out_dir: str = ""  # default: <work_dir>/seg
 

@@ -17,10 +17,7 @@ from wsss.pretrain import ensure_pretrained
 
 
 def seg_schedule(cfg: Config) -> Schedule:
-    s = cfg.seg
-    return Schedule(iterations=s.iterations, max_steps=cfg.train.max_steps, batch_size=s.batch_size, workers=s.workers,
-                    lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, poly_power=s.poly_power,
-                    log_interval=s.log_interval, ckpt_interval=s.ckpt_interval, val_interval=s.val_interval)
+    return Schedule.from_config(cfg.seg, max_steps=cfg.train.max_steps)
 
 
 def seg_loss(net: nn.Module, batch: dict, ctx: TrainContext) -> dict:
