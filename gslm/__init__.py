@@ -11,7 +11,7 @@ from gslm.outputs import last_round_cams, rounds_summary
 from wsss.registry import (register_bench_phase, register_cam_source, register_extra_phases, register_section,
                            register_summary_extra)
 
-register_section("gslm", GSLMConfig)
+register_section("gslm", GSLMConfig, optional=True)  # in a config only when it sets gslm:
 register_extra_phases("gslm.slm:slm_phases")
 register_cam_source(last_round_cams)
 register_summary_extra(rounds_summary)

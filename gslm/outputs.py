@@ -16,7 +16,14 @@ def round_dir(cfg, r: int) -> Path:
 def last_round_cams(cfg) -> list[Path]:
     """The last round's CAMs were made from the final weights: make_cam links them when
     their made_by.json matches (same weights and inference settings)."""
-    return [round_dir(cfg, cfg.gslm.rounds) / "cams"] if cfg.gslm.rounds > 0 else []
+    rounds = rounds_of(cfg)
+    return [round_dir(cfg, rounds) / "cams"] if rounds > 0 else []
+
+
+def rounds_of(cfg) -> int:
+    """The SLM rounds a config runs (0 without a gslm section: the method is not used)."""
+    g = getattr(cfg, "gslm", None)
+    return g.rounds if g is not None else 0
 
 
 def rounds_summary(cfg) -> dict:

@@ -22,7 +22,7 @@ import torch
 
 from gslm.config import GSLMConfig  # noqa: F401  (re-exported: gslm.slm.GSLMConfig)
 from gslm.loss import seed_reactivation_loss
-from gslm.outputs import ROUNDS_TABLE, round_dir
+from gslm.outputs import ROUNDS_TABLE, round_dir, rounds_of
 from wsss.cam.evaluate import evaluate_cams
 from wsss.cam.make import make_cams
 from wsss.cam.training import cam_param_groups, classification_dataset, visualize_first
@@ -140,7 +140,9 @@ def write_rounds_table(cfg) -> dict:
 
 
 def slm_phases(cfg) -> list[Phase]:
-    g = cfg.gslm
+    g = getattr(cfg, "gslm", None)
+    if g is None:  # the config does not use GSLM
+        return []
     if g.rounds < 0:
         raise ConfigError(f"gslm.rounds must be >= 0, got {g.rounds}")
     phases = []
@@ -165,7 +167,7 @@ def slm_phases(cfg) -> list[Phase]:
 def bench_phase(cfg) -> Phase | None:
     """What scripts/benchmark.py times for a GSLM config: SLM round 1, with the ground-truth
     masks standing in for the GLM's pseudo masks (the same files and work per step)."""
-    if cfg.gslm.rounds < 1:
+    if rounds_of(cfg) < 1:
         return None
     phase = slm_phases(cfg)[0]
     phase.build_dataset = lambda ctx: classification_dataset(ctx.cfg, mask_dir="SegmentationClassAug")

@@ -5,10 +5,10 @@ Importing the package registers its config section (``ppl``) and its models
 imported when a config names them, so loading a config imports no torch. What P,
 M, C and the two variants compute, and their exact guarantees: docs/ppl.md.
 """
-from ppl_wsss.config import PPLConfig
+from ppl_wsss.config import PPLConfig, uses_ppl
 from wsss.registry import register_model, register_section
 
-register_section("ppl", PPLConfig)
+register_section("ppl", PPLConfig, used=uses_ppl)  # in a config that sets ppl: or uses a PPL model
 register_model("ppl_explicit", builder="ppl_wsss.method:build_ppl_explicit")
 register_model("ppl_progressive", phase_plan="ppl_wsss.method:progressive_phases",
                builder="ppl_wsss.method:build_ppl_progressive")

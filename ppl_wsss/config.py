@@ -20,6 +20,14 @@ def _default_stages() -> list[PPLStage]:
     return [PPLStage(1), PPLStage(2), PPLStage(3)]
 
 
+PPL_MODELS = ("ppl_progressive", "ppl_explicit")
+
+
+def uses_ppl(tree: dict) -> bool:
+    """A config needs the ppl section when its model is a PPL model (set: the YAML's ppl: mapping)."""
+    return (tree.get("model") or {}).get("name") in PPL_MODELS
+
+
 @dataclass
 class PPLConfig:
     # progressive: the stages in training order (each moves the split one block deeper)

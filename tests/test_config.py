@@ -173,3 +173,29 @@ def test_a_section_keeps_its_own_defaults_for_a_shared_schema(tmp_path):
     part = load_config(p, ["seg.aug.crop_size=300", "seg.crf_params.iters=3"])
     assert part.seg.aug.crop_size == 300 and part.seg.aug.scale_range == own.aug.scale_range
     assert part.seg.crf_params.iters == 3 and part.seg.crf_params.gauss_sxy == own.crf_params.gauss_sxy
+
+
+def test_method_sections_only_in_configs_that_use_them():
+    """A baseline config carries no ppl: or gslm: keys; a config that sets the section, or whose
+    model is a PPL model, has it; a record made when baseline configs still carried them
+    compares equal (a section the config no longer has is no change)."""
+    from ppl_wsss.config import PPL_MODELS
+    from wsss.fingerprint import changed, stage_keys
+    from wsss.registry import registered_models
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    base = load_config(configs / "cam/cam_r18_synthetic.yaml")
+    assert "ppl" not in to_dict(base) and "gslm" not in to_dict(base) and "seg" in to_dict(base)
+    with pytest.raises(AttributeError):
+        base.gslm
+    ppl = load_config(configs / "cam/cam_r18_synthetic.yaml", ["model.name=ppl_explicit"])
+    assert ppl.ppl.cam_source == "concat" and "gslm" not in to_dict(ppl)
+    assert load_config(configs / "cam/cam_r18_synthetic.yaml", ["gslm.rounds=1"]).gslm.rounds == 1
+    assert set(PPL_MODELS) <= set(registered_models())
+    both = load_config(configs / "gslm/ppl_gslm_r18_synthetic.yaml")
+    assert to_dict(config_from_dict(to_dict(both))) == to_dict(both)
+    # train_cam's record of the same baseline, as it was written when every config carried both sections
+    with_methods = load_config(configs / "cam/cam_r18_synthetic.yaml", ["gslm.rounds=0", "ppl.cam_source=concat"])
+    old = {"stage": "train_cam", "keys": stage_keys(with_methods, "train_cam")}
+    assert any(k.startswith("gslm.") for k in old["keys"])
+    assert changed(old, {"stage": "train_cam", "keys": stage_keys(base, "train_cam")}) == []

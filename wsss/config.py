@@ -235,8 +235,9 @@ class Config:
     cam: CamConfig = field(default_factory=CamConfig)
     eval_cam: EvalCamConfig = field(default_factory=EvalCamConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
-    # Sections registered by other modules (seg, ppl, gslm, pipeline) live here
-    # and are reachable as attributes: cfg.gslm.rounds.
+    # Sections registered by other modules (seg, pipeline, pretrain; a method's, such as
+    # ppl or gslm, only when the config uses it) live here, reachable as attributes:
+    # cfg.gslm.rounds.
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __getattr__(self, name: str) -> Any:
@@ -570,7 +571,8 @@ def _overlay(base: dict, top: dict) -> dict:
 def build_config(tree: dict, origins: dict | None = None, note_renames: bool = True) -> Config:
     origins = {} if origins is None else origins
     _apply_renames(tree, origins, note=note_renames)
-    return _build(Config, tree, "", origins, _sections())
+    sections = {name: s for name, s in _sections().items() if registry.section_present(name, tree)}
+    return _build(Config, tree, "", origins, sections)
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:

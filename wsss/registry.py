@@ -24,6 +24,7 @@ from wsss.errors import ConfigError
 Factory = Union[Callable[..., Any], str]
 
 _SECTIONS: dict[str, type] = {}
+_SECTION_USED: dict[str, Callable[[dict], bool]] = {}  # optional sections: when a config has them
 _MODELS: dict[str, Factory] = {}
 _PHASE_PLANS: dict[str, Factory] = {}
 _EXTRA_PHASES: list[Factory] = []
@@ -84,17 +85,27 @@ def _add(registry: list[Factory], fn: Factory) -> Factory:
 # --------------------------------------------------------------------------
 # config sections
 # --------------------------------------------------------------------------
-def register_section(name: str, schema: type) -> type:
+def register_section(name: str, schema: type, used: Callable[[dict], bool] | None = None, optional: bool = False) -> type:
     """Declare a top-level config section (a dataclass) owned by the calling module.
 
     ``wsss.config`` builds ``cfg.<name>`` from it when a config is loaded (from the
-    YAML's ``<name>:`` mapping, or from the dataclass's defaults)."""
+    YAML's ``<name>:`` mapping, or from the dataclass's defaults). A method's section is
+    ``optional``: it is in the config only when the YAML (or an override) sets it, or when
+    ``used(tree)`` says the config needs it (e.g. its model is the method's), so a baseline
+    run's resolved config carries no method's keys."""
     if not dataclasses.is_dataclass(schema):
         raise TypeError(f"config section {name!r} must be a dataclass")
     if name in _SECTIONS and _SECTIONS[name] is not schema:
         raise ValueError(f"config section {name!r} registered twice")
     _SECTIONS[name] = schema
+    if optional or used is not None:
+        _SECTION_USED[name] = used or (lambda tree: False)
     return schema
+
+
+def section_present(name: str, tree: dict) -> bool:
+    """Whether a config built from ``tree`` (the merged YAML) has the registered section ``name``."""
+    return name in tree or name not in _SECTION_USED or bool(_SECTION_USED[name](tree))
 
 
 def config_sections() -> dict[str, type]:
