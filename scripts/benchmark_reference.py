@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--pseudo-images", type=int, default=d.pseudo_images)
     p.add_argument("--pseudo-workers", default=",".join(map(str, d.pseudo_workers)), help="comma-separated pool sizes")
     p.add_argument("--no-scaling", action="store_true", help="skip our runs at N and 2N images")
-    p.add_argument("--profile", action="store_true", help="also profile make_cam (torch.profiler, both sides) and make_pseudo (by part)")
+    p.add_argument("--profile", action="store_true", help="also profile make_cam and train_cam (torch.profiler, both sides) and make_pseudo (by part)")
     p.add_argument("--before", action="store_true", help="make_cam also as our loop was before the heap/kept-class/"
                    "CPU-batching changes (a third side; what they bought)")
     p.add_argument("--ours", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for our side only")

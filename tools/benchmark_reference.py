@@ -273,14 +273,15 @@ def _child_make_cam_before(spec: dict) -> dict:
     return _child_make_cam(spec, True)
 
 
-def _child_profile_make_cam(spec: dict, ours: bool) -> dict:
-    """One side's make_cam under torch.profiler: the self CPU time of each op in this process
-    (the loader worker's PIL resizing is not in it) and the wall time of the whole call."""
+def _child_profile(spec: dict, ours: bool, run) -> dict:
+    """One side's stage (``run``: make_cam or train_cam) under torch.profiler: the self CPU
+    time of each op in this process (the loader workers' decoding and resizing are not in
+    it; convolutions forward and backward are) and the wall time of the whole call."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
-        _child_make_cam(spec, ours)
+        run(spec, ours)
         wall = time.perf_counter() - t0
     ops = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
     conv = sum(v for k, v in ops.items() if "convolution" in k)
@@ -289,8 +290,10 @@ def _child_profile_make_cam(spec: dict, ours: bool) -> dict:
 
 
 CHILDREN = {
-    "ref_profile_make_cam": lambda spec: _child_profile_make_cam(spec, False),
-    "ours_profile_make_cam": lambda spec: _child_profile_make_cam(spec, True),
+    "ref_profile_make_cam": lambda spec: _child_profile(spec, False, _child_make_cam),
+    "ours_profile_make_cam": lambda spec: _child_profile(spec, True, _child_make_cam),
+    "ref_profile_train_cam": lambda spec: _child_profile(spec, False, _child_train_cam),
+    "ours_profile_train_cam": lambda spec: _child_profile(spec, True, _child_train_cam),
     "before_make_cam": _child_make_cam_before,
     "ref_make_cam": lambda spec: _child_make_cam(spec, False), "ours_make_cam": lambda spec: _child_make_cam(spec, True),
     "ref_train_cam": lambda spec: _child_train_cam(spec, False), "ours_train_cam": lambda spec: _child_train_cam(spec, True),
@@ -411,18 +414,20 @@ def bench_make_pseudo(s: Settings, prep: dict) -> dict:
     return res
 
 
-def profile_make_cam(s: Settings, prep: dict) -> dict:
-    """Where make_cam's time goes on each side (one run each, under the profiler): both run the
-    same convolutions, so the reference's wall time over our convolution time bounds the
-    ratio any loop around the same network can reach."""
-    out = Path(s.out) / "profile"
-    common = {"settings": asdict(s), "weights": prep["weights"], "images": s.cam_images, "split": "bench_cam",
-              "work": str(out)}
+def profile_network_stage(s: Settings, prep: dict, stage: str) -> dict:
+    """Where make_cam's or train_cam's time goes on each side (one run each, under the
+    profiler): both run the same convolutions, so the reference's wall time over our
+    convolution time bounds the ratio any loop around the same network can reach."""
+    out = Path(s.out) / "profile" / stage
+    common = {"settings": asdict(s), "work": str(out)}
+    if stage == "make_cam":
+        common.update(weights=prep["weights"], images=s.cam_images, split="bench_cam")
     res = {}
     for side in ("ref", "ours"):
-        r = run_child(f"{side}_profile_make_cam", {**common, "out_dir": str(out / side)}, out / "logs")
+        spec = {**common, "out_dir": str(out / side)} if stage == "make_cam" else {**common, "work": str(out / side)}
+        r = run_child(f"{side}_profile_{stage}", spec, out / "logs")
         res[side] = r["reported"]
-        print(f"  profile make_cam {side}: {r['reported']['wall_s']:.1f} s, convolutions "
+        print(f"  profile {stage} {side}: {r['reported']['wall_s']:.1f} s, convolutions "
               f"{r['reported']['convolution_s']:.1f} s", flush=True)
     res["conv_bound_ratio"] = res["ref"]["wall_s"] / res["ours"]["convolution_s"]
     return res
@@ -526,7 +531,8 @@ def run_all(s: Settings, after_stage=None) -> dict:
         res["scaling"] = bench_scaling(s, prep)
     if s.profile:
         print("profiles", flush=True)
-        res["profile"] = {"make_cam": profile_make_cam(s, prep), "make_pseudo": profile_make_pseudo(s, prep)}
+        res["profile"] = {"make_cam": profile_network_stage(s, prep, "make_cam"),
+                          "train_cam": profile_network_stage(s, prep, "train_cam"), "make_pseudo": profile_make_pseudo(s, prep)}
     return res
 
 

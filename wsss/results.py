@@ -410,14 +410,16 @@ def _profile_tables(prof: dict) -> str:
     from wsss.reporting import md_table
 
     out = []
-    if "make_cam" in prof:
-        mc = prof["make_cam"]
+    for stage in ("make_cam", "train_cam"):
+        if stage not in prof:
+            continue
+        mc = prof[stage]
         rows = [[side, f"{mc[side]['wall_s']:.1f}", f"{mc[side]['convolution_s']:.1f} ({mc[side]['convolution_s'] / mc[side]['wall_s']:.0%})",
                  ", ".join(f"{k} {v:.1f}" for k, v in list(mc[side]["top_ops_s"].items())[:4])] for side in ("ref", "ours")]
-        out.append(md_table(["make_cam under the profiler", "wall s", "convolutions s (share of wall)", "largest ops, self CPU s"], rows))
-        out.append(f"The convolutions are the same work on both sides (ours take less time in them only because their "
-                   f"outputs land in memory the heap already holds); the reference's wall time over our convolution time, "
-                   f"**{mc['conv_bound_ratio']:.2f}x**, bounds the ratio any loop around these float32 kernels can reach.\n")
+        out.append(md_table([f"{stage} under the profiler", "wall s", "convolutions s (share of wall)", "largest ops, self CPU s"], rows))
+        out.append(f"{stage}: the convolutions are the same work on both sides (ours take less time in them only because "
+                   f"their outputs land in memory the heap already holds); the reference's wall time over our convolution "
+                   f"time, **{mc['conv_bound_ratio']:.2f}x**, bounds the ratio any loop around these float32 kernels can reach.\n")
     if "make_pseudo" in prof:
         mp = prof["make_pseudo"]
         total = sum(mp["s_per_image"].values())
