@@ -67,8 +67,7 @@ def bench_train(args, work: Path, method: str, extra: list[str] | None = None) -
     times: list[float] = []
 
     def mark(step: int) -> None:  # the end of each step, measured from outside the loop
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         times.append(time.perf_counter())
 
     ctx.step_hooks.append(mark)

@@ -80,9 +80,11 @@ def prepare(s: Settings) -> dict:
 
     root = Path(s.data_root)
     k = 2 if s.scaling else 1
-    counts = {"cam": s.cam_images if "make_cam" in s.stages or s.scaling else 0, "cam_2x": k * s.cam_images if s.scaling else 0,
-              "train": s.train_images if "train_cam" in s.stages else 0,
-              "pseudo": s.pseudo_images if "make_pseudo" in s.stages or s.scaling else 0,
+    # the profiles run every stage once, whatever --stages says
+    counts = {"cam": s.cam_images if "make_cam" in s.stages or s.scaling or s.profile else 0,
+              "cam_2x": k * s.cam_images if s.scaling else 0,
+              "train": s.train_images if "train_cam" in s.stages or s.profile else 0,
+              "pseudo": s.pseudo_images if "make_pseudo" in s.stages or s.scaling or s.profile else 0,
               "pseudo_2x": 2 * s.pseudo_images if s.scaling else 0}
     need = max(counts.values())
     if not (root / "cls_labels.json").is_file():
@@ -419,12 +421,11 @@ def profile_network_stage(s: Settings, prep: dict, stage: str) -> dict:
     profiler): both run the same convolutions, so the reference's wall time over our
     convolution time bounds the ratio any loop around the same network can reach."""
     out = Path(s.out) / "profile" / stage
-    common = {"settings": asdict(s), "work": str(out)}
-    if stage == "make_cam":
-        common.update(weights=prep["weights"], images=s.cam_images, split="bench_cam")
     res = {}
     for side in ("ref", "ours"):
-        spec = {**common, "out_dir": str(out / side)} if stage == "make_cam" else {**common, "work": str(out / side)}
+        spec = {"settings": asdict(s), "work": str(out / side)}
+        if stage == "make_cam":
+            spec.update(weights=prep["weights"], images=s.cam_images, split="bench_cam", out_dir=str(out / side / "cams"))
         r = run_child(f"{side}_profile_{stage}", spec, out / "logs")
         res[side] = r["reported"]
         print(f"  profile {stage} {side}: {r['reported']['wall_s']:.1f} s, convolutions "
@@ -442,7 +443,8 @@ def profile_make_pseudo(s: Settings, prep: dict) -> dict:
     from wsss.cam.files import cam_path, load_cam
     from wsss.fileio import read_image, write_palette_png
     from wsss.pseudo.crf import _dense_crf
-    from wsss.pseudo.make import threshold_labels
+    from wsss.data.voc import VOCLayout
+    from wsss.pseudo.make import combine_fg_bg, threshold_labels
 
     from pydensecrf.utils import unary_from_labels
 
@@ -452,10 +454,11 @@ def profile_make_pseudo(s: Settings, prep: dict) -> dict:
     parts = dict.fromkeys(["read image + CAM file", "threshold", "pairwise terms (lattices)", "unary + 2 inferences",
                            "argmax + mask", "PNG write"], 0.0)
     ids = _ids(s, s.pseudo_images)
+    layout = VOCLayout(s.data_root)
     with tempfile.TemporaryDirectory() as tmp:
         for i in ids:
             t = [time.perf_counter()]
-            img = read_image(Path(s.data_root) / "JPEGImages" / f"{i}.jpg")
+            img = read_image(layout.image(i))
             cam = load_cam(cam_path(ours_cams, i), img.shape[:2])
             t.append(time.perf_counter())
             maps = [threshold_labels(cam["high_res"], th) for th in (p.fg_thres, p.bg_thres)]
@@ -468,10 +471,7 @@ def profile_make_pseudo(s: Settings, prep: dict) -> dict:
                 d.setUnaryEnergy(unary_from_labels(labels, n, gt_prob=crf.gt_prob, zero_unsure=False))
                 qs.append(np.asarray(d.inference(crf.iters), dtype=np.float32).reshape(n, *img.shape[:2]))
             t.append(time.perf_counter())
-            fg, bg = (np.argmax(q, 0) for q in qs)
-            mask = fg.astype(np.uint8)
-            mask[fg == 0] = 255
-            mask[(fg == 0) & (bg == 0)] = 0
+            mask = combine_fg_bg(*(np.argmax(q, 0) for q in qs))
             t.append(time.perf_counter())
             write_palette_png(Path(tmp) / f"{i}.png", mask)
             t.append(time.perf_counter())

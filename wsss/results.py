@@ -344,6 +344,12 @@ def _cpu_cell(r: dict) -> str:
     return f"{r['cpu_ratio']:.2f} ({r['cpu_ratio_min']:.2f}-{r['cpu_ratio_max']:.2f})"
 
 
+def _side_by_side_row(label: str, r: dict, goal: str, base: str = "ref") -> list[str]:
+    """One stage's row: wall times, the ratio and its goal, CPU-time ratio, system time, peak RSS."""
+    return [label, f"{r[f'{base}_wall_s']:.1f}", f"{r['ours_wall_s']:.1f}", _ratio_cell(r), goal, _cpu_cell(r),
+            f"{r[f'{base}_sys_s']:.1f} / {r['ours_sys_s']:.1f}", f"{r[f'{base}_peak_rss_mib']:.0f} / {r['ours_peak_rss_mib']:.0f}"]
+
+
 def render_reference_tables(res: dict) -> str:
     """scripts/benchmark_reference.py's tables: our stages against plain loops of the reference procedure."""
     from wsss.reporting import md_table
@@ -355,26 +361,19 @@ def render_reference_tables(res: dict) -> str:
     rows = []
     if "make_cam" in res:
         r = res["make_cam"]
-        rows.append([f"make_cam: {s['cam_images']} images, scales {s['scales']} + flip, {s['cam_workers']} loader worker(s)",
-                     f"{r['ref_wall_s']:.1f}", f"{r['ours_wall_s']:.1f}", _ratio_cell(r), f">= {REFERENCE_TARGETS['make_cam']}", _cpu_cell(r),
-                     f"{r['ref_sys_s']:.1f} / {r['ours_sys_s']:.1f}", f"{r['ref_peak_rss_mib']:.0f} / {r['ours_peak_rss_mib']:.0f}"])
+        rows.append(_side_by_side_row(f"make_cam: {s['cam_images']} images, scales {s['scales']} + flip, {s['cam_workers']} "
+                                      f"loader worker(s)", r, f">= {REFERENCE_TARGETS['make_cam']}"))
         if "before_over_ours" in r:
-            b = r["before_over_ours"]
-            rows.append(["make_cam, our loop before these changes (instead of the reference)", f"{b['before_wall_s']:.1f}",
-                         f"{b['ours_wall_s']:.1f}", _ratio_cell(b), "-", _cpu_cell(b),
-                         f"{b['before_sys_s']:.1f} / {b['ours_sys_s']:.1f}",
-                         f"{b['before_peak_rss_mib']:.0f} / {b['ours_peak_rss_mib']:.0f}"])
+            rows.append(_side_by_side_row("make_cam, our loop before these changes (instead of the reference)",
+                                          r["before_over_ours"], "-", base="before"))
     if "train_cam" in res:
-        r = res["train_cam"]
-        rows.append([f"train_cam: {s['train_images']} images, batch {s['train_batch']}, crop {s['train_crop']}, 1 epoch, "
-                     f"{s['train_workers']} loader workers", f"{r['ref_wall_s']:.1f}", f"{r['ours_wall_s']:.1f}", _ratio_cell(r),
-                     f">= {REFERENCE_TARGETS['train_cam']}", _cpu_cell(r), f"{r['ref_sys_s']:.1f} / {r['ours_sys_s']:.1f}",
-                     f"{r['ref_peak_rss_mib']:.0f} / {r['ours_peak_rss_mib']:.0f}"])
+        rows.append(_side_by_side_row(f"train_cam: {s['train_images']} images, batch {s['train_batch']}, crop {s['train_crop']}, "
+                                      f"1 epoch, {s['train_workers']} loader workers", res["train_cam"],
+                                      f">= {REFERENCE_TARGETS['train_cam']}"))
     for key, r in res.get("make_pseudo", {}).items():
         w = key.split("_")[1]
-        rows.append([f"make_pseudo: {s['pseudo_images']} images, 2 CRFs each, {w} worker(s)", f"{r['ref_wall_s']:.1f}",
-                     f"{r['ours_wall_s']:.1f}", _ratio_cell(r), f">= {REFERENCE_TARGETS['make_pseudo']}" if w == "2" else "-", _cpu_cell(r),
-                     f"{r['ref_sys_s']:.1f} / {r['ours_sys_s']:.1f}", f"{r['ref_peak_rss_mib']:.0f} / {r['ours_peak_rss_mib']:.0f}"])
+        rows.append(_side_by_side_row(f"make_pseudo: {s['pseudo_images']} images, 2 CRFs each, {w} worker(s)", r,
+                                      f">= {REFERENCE_TARGETS['make_pseudo']}" if w == "2" else "-"))
     lines.append(md_table(["stage", "reference s", "ours s", "ratio (wall)", "goal", "ratio (CPU time)", "system CPU s (ref / ours)",
                            "peak RSS MiB (ref / ours)"], rows))
     checks = []
@@ -403,7 +402,6 @@ def render_reference_tables(res: dict) -> str:
     if "profile" in res:
         lines.append(_profile_tables(res["profile"]))
     return "\n".join(lines)
-
 
 
 def _profile_tables(prof: dict) -> str:

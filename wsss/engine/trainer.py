@@ -61,7 +61,7 @@ class Schedule(ScheduleConfig):
         loop = section if loop is None else loop
         values = {f.name: getattr(section, f.name) for f in fields(ScheduleConfig)}
         values.update({f.name: getattr(loop, f.name) for f in fields(cls)
-                       if f.name not in values and f.name != "poly_span" and hasattr(loop, f.name)})
+                       if f.name not in values and hasattr(loop, f.name)})
         return cls(**{**values, **overrides})
 
 

@@ -47,6 +47,12 @@ def cams_to_pseudo(img: np.ndarray, cams: np.ndarray, keys: np.ndarray, fg_thres
                    crf: CRFConfig | None, shared_pairwise: bool = True) -> np.ndarray:
     """The pseudo mask (uint8: 0 background, c+1 class c, 255 uncertain) of one image."""
     fg, bg = refined_labels(img, cams, keys, [fg_thres, bg_thres], crf, shared_pairwise)
+    return combine_fg_bg(fg, bg)
+
+
+def combine_fg_bg(fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """The pseudo mask from the refined fg and bg label maps: the fg map's label; 255 where
+    the fg map says background but the bg map does not; background where both do."""
     mask = fg.copy()
     mask[fg == 0] = 255
     mask[(fg == 0) & (bg == 0)] = 0
