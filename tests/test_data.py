@@ -101,6 +101,85 @@ def test_synthetic_root_made_with_other_settings_is_refused(tiny_cfg):
     cfg.data.synthetic.num_aug = 99
     with pytest.raises(DataError, match=r"other data.synthetic settings .*\(num_aug\)"):
         ensure_synthetic(cfg)
+    cfg = tiny_cfg(**{"data.synthetic.scene": "elongated"})
+    with pytest.raises(DataError, match=r"other data.synthetic settings .*\(scene\)"):
+        ensure_synthetic(cfg)
+
+
+def _principal_axis(mask: np.ndarray):
+    ys, xs = np.nonzero(mask)
+    pts = np.stack([xs, ys], 1).astype(float)
+    centre = pts.mean(0)
+    evals, evecs = np.linalg.eigh(np.cov((pts - centre).T))
+    return centre, evecs[:, 1], np.abs((pts - centre) @ evecs[:, 1]).max(), float(np.sqrt(evals[0] / evals[1]))
+
+
+def test_default_scenes_are_the_published_ones():
+    """The default scene and part colours draw exactly the images the published bench and demo
+    numbers were made on (generator version 5): new scene options must not move them."""
+    import hashlib
+
+    from wsss.data.synthetic import GENERATOR_VERSION, class_styles, render_scene
+
+    rng = np.random.default_rng(7)
+    h = hashlib.sha256()
+    for _ in range(3):
+        img, label, parts, _ = render_scene(rng, 96, class_styles(5))
+        for a in (img, label, parts):
+            h.update(a.tobytes())
+    assert GENERATOR_VERSION == 5
+    assert h.hexdigest() == "864afb7db119440c08f833f5d0c1dfdfc29160e474418e97bdd80a444b9f197d"
+
+
+@pytest.mark.parametrize("scene", ["round", "elongated"])
+def test_synthetic_scenes_place_the_part(scene):
+    """round: the part anywhere inside a roundish body; elongated: a long body with the part
+    towards one end of its long axis (a head), so a coarse CAM around the part leaves the far end."""
+    from wsss.data.synthetic import class_styles, render_scene
+
+    rng = np.random.default_rng(0)
+    offsets, widths = [], []
+    for _ in range(20):
+        _, label, parts, instances = render_scene(rng, 128, class_styles(5), scene=scene)
+        for inst in instances:
+            centre, axis, half_length, width = _principal_axis(inst.mask)
+            x0, y0, x1, y1 = inst.part_box
+            assert inst.mask[y0:y1, x0:x1].all()  # the part lies inside its body
+            offsets.append(abs((np.array([(x0 + x1 - 1) / 2, (y0 + y1 - 1) / 2]) - centre) @ axis) / half_length)
+            widths.append(width)
+    if scene == "elongated":  # measured on this draw: offset median 0.55 (10th percentile 0.40), width ratio 0.47
+        assert np.median(offsets) > 0.45 and np.percentile(offsets, 10) > 0.3 and np.median(widths) < 0.6
+    else:  # measured: offset median 0.32, width ratio 0.82
+        assert np.median(offsets) < 0.45 and np.median(widths) > 0.7
+    with pytest.raises(ValueError, match="scene must be one of"):
+        render_scene(rng, 128, class_styles(5), scene="square")
+
+
+def test_one_hue_part_colours():
+    """Each class's two part colours share one saturated hue (a light and a dark shade), hues
+    differ between classes and keep away from the body's; the default pairs are unchanged."""
+    import colorsys
+
+    from wsss.data.synthetic import BODY_HUE, PART_HUE_GAP, class_styles
+
+    def hsv(rgb):
+        return colorsys.rgb_to_hsv(*(v / 255.0 for v in rgb))
+
+    styles = class_styles(5, "one_hue")
+    hues = []
+    for st in styles:
+        (ha, sa, va), (hb, sb, vb) = hsv(st.part_a), hsv(st.part_b)
+        assert abs(ha - hb) < 0.01 and min(sa, sb) > 0.8 and va - vb > 0.4
+        d = abs(ha - BODY_HUE)
+        assert min(d, 1 - d) >= PART_HUE_GAP - 0.01
+        hues.append(ha)
+    gaps = [abs(a - b) for i, a in enumerate(hues) for b in hues[i + 1:]]
+    assert min(min(g, 1 - g) for g in gaps) > 0.15
+    assert len({(st.part_a, st.pattern) for st in class_styles(40, "one_hue")}) == 40
+    with pytest.raises(ValueError, match="at most 40 classes"):
+        class_styles(41, "one_hue")
+    assert [st.pattern for st in styles] == ["checker", "hstripe", "vstripe", "ring", "diag"]
+    assert class_styles(5) == class_styles(5, "pairs") and class_styles(5)[3].pattern == "border"
 
 
 def test_boundary_band():

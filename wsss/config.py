@@ -73,6 +73,10 @@ class SyntheticConfig:
     width_range: list[int] = field(default_factory=list)  # [lo, hi] inclusive
     height_range: list[int] = field(default_factory=list)
     voc_sizes: bool = False  # roughly VOC 2012's sizes: long side 500, mostly 500x375
+    # the scene design (docs/synthetic_bench.md): round bodies with the part anywhere inside, or
+    # elongated bodies with the part at one end; parts in two palette colours or one hue in two shades
+    scene: Literal["round", "elongated"] = "round"
+    part_colours: Literal["pairs", "one_hue"] = "pairs"
 
 
 @dataclass

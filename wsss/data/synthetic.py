@@ -52,6 +52,10 @@ _PATTERNS = ("checker", "hstripe", "vstripe", "border", "diag")
 BODY_HUE = 0.08  # brown-orange
 CLUTTER_HUE_GAP = 0.15  # clutter hues keep at least this distance (on the hue circle) from BODY_HUE
 PART_FRACTION = 0.14  # a part's side, as a fraction of the image's shorter side
+PART_HUE_GAP = 0.17  # one_hue part colours keep at least this distance from BODY_HUE
+MAX_PART_HUES = 8  # one_hue: hues spread over the circle; past this many classes they repeat with another pattern
+SCENES = ("round", "elongated")
+PART_COLOURS = ("pairs", "one_hue")
 
 
 @dataclass
@@ -83,9 +87,34 @@ def _part_palette() -> list[tuple[int, int, int]]:
     return out
 
 
-def class_styles(num_classes: int) -> list[ClassStyle]:
+def _rgb8(h: float, s: float, v: float) -> tuple[int, int, int]:
+    return tuple(int(round(x * 255)) for x in colorsys.hsv_to_rgb(h % 1.0, s, v))
+
+
+def _one_hue_styles(num_classes: int) -> list[ClassStyle]:
+    """Class c: one saturated hue in a light and a dark shade, in a pattern of its own.
+
+    The two shades share the hue, so a part stays a saturated colour when the network sees it
+    blurred (a green + purple checker averages to a dull blue-grey, the clutter's look). The
+    hues are spread evenly over the circle outside the body's band; the border pattern is a
+    ring as wide as the other patterns' bars, so that it survives a stride-16 network."""
+    k = min(max(num_classes, 1), MAX_PART_HUES)
+    if num_classes > k * len(_PATTERNS):
+        raise ValueError(f"synthetic data with one-hue parts supports at most {MAX_PART_HUES * len(_PATTERNS)} classes")
+    lo, span = BODY_HUE + PART_HUE_GAP, 1.0 - 2 * PART_HUE_GAP
+    hues = [lo + span * i / max(k - 1, 1) for i in range(k)]
+    patterns = tuple("ring" if p == "border" else p for p in _PATTERNS)
+    return [ClassStyle(_rgb8(hues[c % k], 0.85, 0.95), _rgb8(hues[c % k], 0.9, 0.45), patterns[(c + c // k) % len(patterns)])
+            for c in range(num_classes)]
+
+
+def class_styles(num_classes: int, colours: str = "pairs") -> list[ClassStyle]:
     """Class c: a pair of part colours and a pattern of its own (pairs repeat with other
-    patterns past the palette's size)."""
+    patterns past the palette's size); ``colours="one_hue"``: see :func:`_one_hue_styles`."""
+    if colours not in PART_COLOURS:
+        raise ValueError(f"part colours must be one of {PART_COLOURS}, not {colours!r}")
+    if colours == "one_hue":
+        return _one_hue_styles(num_classes)
     palette = _part_palette()
     n = len(palette)
     if num_classes > n * (n - 1):
@@ -113,9 +142,11 @@ def _hsv_rgb(h: float, s: float, v: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0), 1), min(max(v, 0), 1)), dtype=np.float32)
 
 
-def _blob_polygon(rng: np.random.Generator, cx: float, cy: float, r: float, n: int = 24) -> list[tuple[float, float]]:
-    aspect = rng.uniform(0.65, 1.0)
-    rot = rng.uniform(0, np.pi)
+def _blob_polygon(rng: np.random.Generator, cx: float, cy: float, r: float, n: int = 24,
+                  aspect_range: tuple[float, float] = (0.65, 1.0), rot: float | None = None) -> list[tuple[float, float]]:
+    """A wobbly ellipse: semi-axes r (along ``rot``) and r * aspect."""
+    aspect = rng.uniform(*aspect_range)
+    rot = rng.uniform(0, np.pi) if rot is None else rot
     k1, k2 = rng.normal(0, 0.08, 2)
     p1, p2 = rng.uniform(0, 2 * np.pi, 2)
     pts = []
@@ -142,8 +173,9 @@ def _part_pattern(style: ClassStyle, size: int) -> np.ndarray:
         sel = (yy // max(size // 4, 1)) % 2 == 0
     elif style.pattern == "vstripe":
         sel = (xx // max(size // 4, 1)) % 2 == 0
-    elif style.pattern == "border":
-        sel = (yy < 2) | (xx < 2) | (yy >= size - 2) | (xx >= size - 2)
+    elif style.pattern in ("border", "ring"):
+        b = 2 if style.pattern == "border" else max(size // 4, 1)
+        sel = (yy < b) | (xx < b) | (yy >= size - b) | (xx >= size - b)
     else:
         sel = ((yy + xx) // max(size // 3, 1)) % 2 == 0
     out = np.where(sel[..., None], np.asarray(style.part_a, np.float32), np.asarray(style.part_b, np.float32))
@@ -183,11 +215,17 @@ def _clutter_texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 
 def render_scene(rng: np.random.Generator, size: int, styles: list[ClassStyle], max_tries: int = 20,
-                 hw: tuple[int, int] | None = None):
+                 hw: tuple[int, int] | None = None, scene: str = "round"):
     """One image (uint8 HWC), its label mask (0 = bg, c+1), its part mask (c+1 where an
     object's part is visible, else 0) and the instances.
 
-    ``hw``: a non-square (height, width); object sizes then follow the shorter side."""
+    ``hw``: a non-square (height, width); object sizes then follow the shorter side.
+    ``scene``: "round" bodies (radius 24-36% of the shorter side) with the part anywhere
+    inside, or "elongated" ones (half-length 34-46%, width 40-55% of the length) with the part
+    near one end of the long axis, as a head: the part's blob in a coarse CAM then leaves the
+    far end of the body uncovered."""
+    if scene not in SCENES:
+        raise ValueError(f"scene must be one of {SCENES}, not {scene!r}")
     h, w = hw if hw is not None else (size, size)
     size = min(h, w)
     k = len(styles)
@@ -211,9 +249,14 @@ def render_scene(rng: np.random.Generator, size: int, styles: list[ClassStyle], 
         for _o in range(n_obj):
             c = int(rng.integers(k))
             # bodies span several cells of a stride-16 CAM, so a part's blob cannot cover them
-            r = rng.uniform(0.24, 0.36) * size
-            cx, cy = rng.uniform(r * 0.8, w - r * 0.8), rng.uniform(r * 0.8, h - r * 0.8)
-            poly = _blob_polygon(rng, cx, cy, r)
+            if scene == "elongated":
+                r, rot = rng.uniform(0.34, 0.46) * size, rng.uniform(0, np.pi)
+                cx, cy = rng.uniform(r * 0.6, w - r * 0.6), rng.uniform(r * 0.6, h - r * 0.6)
+                poly = _blob_polygon(rng, cx, cy, r, aspect_range=(0.4, 0.55), rot=rot)
+            else:
+                r = rng.uniform(0.24, 0.36) * size
+                cx, cy = rng.uniform(r * 0.8, w - r * 0.8), rng.uniform(r * 0.8, h - r * 0.8)
+                poly = _blob_polygon(rng, cx, cy, r)
             body = _poly_mask(poly, h, w)
             if body.sum() < 50:
                 continue
@@ -222,8 +265,13 @@ def render_scene(rng: np.random.Generator, size: int, styles: list[ClassStyle], 
             ys, xs = np.nonzero(body)
             ok = False
             for _p in range(30):
-                j = int(rng.integers(len(ys)))
-                x0, y0 = int(xs[j]) - part // 2, int(ys[j]) - part // 2
+                if scene == "elongated":  # 50-70% of the half-length from the centre, moving inwards on retries
+                    d = rng.uniform(0.5, 0.7) * r * (1 if rng.random() < 0.5 else -1) * (1 - _p / 30)
+                    x0 = int(round(cx + d * np.cos(rot))) - part // 2
+                    y0 = int(round(cy + d * np.sin(rot))) - part // 2
+                else:
+                    j = int(rng.integers(len(ys)))
+                    x0, y0 = int(xs[j]) - part // 2, int(ys[j]) - part // 2
                 if x0 < 0 or y0 < 0 or x0 + part > w or y0 + part > h:
                     continue
                 if body[max(y0 - 2, 0):y0 + part + 2, max(x0 - 2, 0):x0 + part + 2].all():
@@ -365,11 +413,13 @@ def image_sizes(n: int, seed: int, image_size: int, width_range=None, height_ran
 def generate_synthetic_voc(root: str | os.PathLike, seed: int = 0, image_size: int = 128, num_train: int = 100,
                            num_aug: int = 700, num_val: int = 100, num_test: int = 20, num_classes: int = 5,
                            classes: list[str] | None = None, write_coco: bool = False, verbose: bool = False,
-                           width_range=None, height_range=None, voc_sizes: bool = False) -> dict:
+                           width_range=None, height_range=None, voc_sizes: bool = False, scene: str = "round",
+                           part_colours: str = "pairs") -> dict:
     """Write the synthetic mini-VOC under ``root`` (the VOC2012-style folder); return a summary.
 
     Images are ``image_size`` squares unless ``width_range``/``height_range`` or ``voc_sizes``
-    ask for non-square ones (see :func:`image_sizes`)."""
+    ask for non-square ones (see :func:`image_sizes`). ``scene`` and ``part_colours``: see
+    :func:`render_scene` and :func:`class_styles` (the defaults draw the images they always did)."""
     from wsss.data.voc import prepare_voc
 
     t0 = time.time()
@@ -381,7 +431,7 @@ def generate_synthetic_voc(root: str | os.PathLike, seed: int = 0, image_size: i
             classes = [f"class{i:02d}" for i in range(num_classes)]
     if len(classes) != num_classes:
         raise ValueError("len(classes) must equal num_classes")
-    styles = class_styles(num_classes)
+    styles = class_styles(num_classes, part_colours)
     rng = np.random.default_rng(seed)
     # ids look like VOC's (year_number); each split gets its own year
     splits = {
@@ -398,7 +448,7 @@ def generate_synthetic_voc(root: str | os.PathLike, seed: int = 0, image_size: i
     for split, ids in splits.items():
         for image_id in ids:
             hw = next(sizes)
-            img, label, parts, instances = render_scene(rng, image_size, styles, hw=hw)
+            img, label, parts, instances = render_scene(rng, image_size, styles, hw=hw, scene=scene)
             records[image_id] = instances
             write_image(root / "JPEGImages" / f"{image_id}.jpg", img, quality=92)
             atomic_write_text(root / "Annotations" / f"{image_id}.xml", _annotation_xml(image_id, hw, instances, classes))
@@ -421,7 +471,7 @@ def generate_synthetic_voc(root: str | os.PathLike, seed: int = 0, image_size: i
     # the same label builder a VOC user runs (it also rebuilds train_aug from SegmentationClassAug - val)
     report = prepare_voc(root, classes=classes, strict_standard=False)
     atomic_write_json(root / RECORD, _settings(seed, image_size, num_train, num_aug, num_val, num_test, num_classes, write_coco,
-                                               width_range, height_range, voc_sizes))
+                                               width_range, height_range, voc_sizes, scene, part_colours))
     assert report["counts"]["train_aug"] == len(lists["train_aug"]), report["counts"]
     if write_coco:
         _write_coco(root, {"train_aug": lists["train_aug"], "val": lists["val"]}, records, classes,
@@ -456,11 +506,17 @@ RECORD = "synthetic.json"  # in the data root: the settings and generator versio
 
 
 def _settings(seed, image_size, num_train, num_aug, num_val, num_test, num_classes, write_coco, width_range=None,
-              height_range=None, voc_sizes=False) -> dict:
-    return {"version": GENERATOR_VERSION, "seed": seed, "image_size": image_size, "num_train": num_train,
-            "num_aug": num_aug, "num_val": num_val, "num_test": num_test, "num_classes": num_classes,
-            "write_coco": bool(write_coco), "width_range": list(width_range) if width_range else None,
-            "height_range": list(height_range) if height_range else None, "voc_sizes": bool(voc_sizes)}
+              height_range=None, voc_sizes=False, scene="round", part_colours="pairs") -> dict:
+    out = {"version": GENERATOR_VERSION, "seed": seed, "image_size": image_size, "num_train": num_train,
+           "num_aug": num_aug, "num_val": num_val, "num_test": num_test, "num_classes": num_classes,
+           "write_coco": bool(write_coco), "width_range": list(width_range) if width_range else None,
+           "height_range": list(height_range) if height_range else None, "voc_sizes": bool(voc_sizes)}
+    # recorded only when not the default, so roots made before these settings existed still match
+    if scene != "round":
+        out["scene"] = scene
+    if part_colours != "pairs":
+        out["part_colours"] = part_colours
+    return out
 
 
 def _rank() -> int:
@@ -491,7 +547,7 @@ def ensure_synthetic(cfg) -> bool:
     root = Path(cfg.data.root)
     s = cfg.data.synthetic
     want = _settings(s.seed, s.image_size, s.num_train, s.num_aug, s.num_val, s.num_test, s.num_classes, s.write_coco,
-                     s.width_range, s.height_range, s.voc_sizes)
+                     s.width_range, s.height_range, s.voc_sizes, s.scene, s.part_colours)
     if (root / "cls_labels.json").is_file():
         have = read_json(root / RECORD) if (root / RECORD).is_file() else {}
         if have != want:
@@ -509,7 +565,8 @@ def ensure_synthetic(cfg) -> bool:
         print(f"generating the synthetic mini-VOC in {root} ...", flush=True)
         generate_synthetic_voc(tmp, seed=s.seed, image_size=s.image_size, num_train=s.num_train, num_aug=s.num_aug,
                                num_val=s.num_val, num_test=s.num_test, num_classes=s.num_classes, write_coco=s.write_coco,
-                               width_range=s.width_range, height_range=s.height_range, voc_sizes=s.voc_sizes)
+                               width_range=s.width_range, height_range=s.height_range, voc_sizes=s.voc_sizes,
+                               scene=s.scene, part_colours=s.part_colours)
         if root.exists():
             root.rmdir()
         root.parent.mkdir(parents=True, exist_ok=True)
