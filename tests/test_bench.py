@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from wsss.cam.premise import check_premise
-from tools.compare import BASELINE, aggregate, verdict, write_shifted_masks
+from tools.compare import BASELINE, aggregate, data_overrides, verdict, write_shifted_masks
 
 
 def _cam_eval(part, body, prec, rec):
@@ -37,6 +37,14 @@ def test_verdict_and_aggregate():
     assert agg["X"]["cam_miou"]["diff"] == pytest.approx(0.10) and agg["X"]["cam_miou"]["effect"] == "effect: higher"
     assert agg["Y"]["cam_miou"]["effect"] == "none beyond noise"  # +0.01 < 2 x 0.02
     assert agg["X"]["part"]["mean"] is None  # a metric no run reported
+
+
+def test_heldout_data_root_sits_beside_the_benchs_root():
+    assert data_overrides(0) == []  # the configs' own data
+    assert data_overrides(1) == ["data.synthetic.seed=1", "data.root=data/synthetic_voc_seed1/VOC2012"]
+    # a bench on other data (another scene) must not share the default bench's held-out root
+    elong = data_overrides(1, 0, ["data.root=data/synthetic_voc_elongated/VOC2012", "train.epochs=10"])
+    assert elong[-1] == "data.root=data/synthetic_voc_elongated_seed1/VOC2012"
 
 
 def test_shifted_targets_are_the_rolled_ground_truth(tiny_root, tmp_path):

@@ -100,11 +100,14 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
-def data_overrides(data_seed: int, default_seed: int = 0) -> list[str]:
-    """A data seed other than the configs' gets a folder of its own."""
+def data_overrides(data_seed: int, default_seed: int = 0, overrides: list[str] = ()) -> list[str]:
+    """A data seed other than the configs' gets a folder of its own, beside the bench's data root
+    (``data/synthetic_voc_seed1`` for the default root, ``<root>_seed1`` for one given in ``overrides``)."""
     if data_seed == default_seed:
         return []
-    return [f"data.synthetic.seed={data_seed}", f"data.root=data/synthetic_voc_seed{data_seed}/VOC2012"]
+    root = Path(next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("data.root=")),
+                     "data/synthetic_voc/VOC2012"))
+    return [f"data.synthetic.seed={data_seed}", f"data.root={root.parent.with_name(f'{root.parent.name}_seed{data_seed}') / root.name}"]
 
 
 def run_one(name: str, config: str, work: Path, overrides: list[str], stages: str, collect_only: bool = False) -> dict | None:
@@ -197,7 +200,7 @@ def run_bench(b: Bench, results: str | None = None) -> dict:
         for seed in b.seeds:
             work = b.out / slug(arm) / f"seed{seed}"
             row = run_one(f"{arm}, seed {seed}", config, work,
-                          [*ARM_OVERRIDES.get(arm, []), *b.overrides, *data_overrides(b.data_seed), f"seed={seed}"], STAGES,
+                          [*ARM_OVERRIDES.get(arm, []), *b.overrides, *data_overrides(b.data_seed, 0, b.overrides), f"seed={seed}"], STAGES,
                           b.collect_only)
             if row is not None:
                 runs.setdefault(arm, []).append({"seed": seed, **row})
@@ -205,7 +208,7 @@ def run_bench(b: Bench, results: str | None = None) -> dict:
     if b.controls:
         from wsss.config import load_config
 
-        root = Path(load_config(str(REPO / ARMS[BASELINE]), [*b.overrides, *data_overrides(b.data_seed)]).data.root)
+        root = Path(load_config(str(REPO / ARMS[BASELINE]), [*b.overrides, *data_overrides(b.data_seed, 0, b.overrides)]).data.root)
         if not root.is_absolute():
             root = REPO / root
         shifted = None
@@ -219,7 +222,7 @@ def run_bench(b: Bench, results: str | None = None) -> dict:
             if c.weights_of:
                 over.append(f"cam.checkpoint={b.out / slug(c.weights_of) / f'seed{b.seeds[0]}' / 'checkpoints' / 'final.pth'}")
             work = b.out / "controls" / slug(c.name)
-            row = run_one(c.name, b.arms[c.arm], work, [*ARM_OVERRIDES.get(c.arm, []), *b.overrides, *data_overrides(b.data_seed),
+            row = run_one(c.name, b.arms[c.arm], work, [*ARM_OVERRIDES.get(c.arm, []), *b.overrides, *data_overrides(b.data_seed, 0, b.overrides),
                                                          f"seed={b.seeds[0]}", *over], c.stages, b.collect_only)
             if row is not None:
                 controls.append({"name": c.name, "arm": c.arm, "overrides": c.overrides, "expect": c.expect, **row})
@@ -229,7 +232,7 @@ def run_bench(b: Bench, results: str | None = None) -> dict:
             continue
         work = b.out / "heldout" / slug(arm)
         row = run_one(f"{arm}, held-out data seed {b.heldout_data_seed}", config, work,
-                      [*ARM_OVERRIDES.get(arm, []), *b.overrides, *data_overrides(b.heldout_data_seed, b.data_seed),
+                      [*ARM_OVERRIDES.get(arm, []), *b.overrides, *data_overrides(b.heldout_data_seed, b.data_seed, b.overrides),
                        f"seed={b.seeds[0]}"], STAGES, b.collect_only)
         if row is not None:
             heldout[arm] = {"seed": b.seeds[0], **row}
@@ -239,7 +242,11 @@ def run_bench(b: Bench, results: str | None = None) -> dict:
     data = {"seeds": b.seeds, "not_run": missing, "data_seed": b.data_seed, "heldout_data_seed": b.heldout_data_seed, "overrides": b.overrides,
             "stages": STAGES, "runs": runs, "aggregate": aggregate(runs), "heldout": heldout, "controls": controls,
             "premise": premise_summary(runs.get(BASELINE, []), heldout.get(BASELINE)),
-            "control_checks": control_checks(runs, controls), "wall_seconds": round(time.perf_counter() - t0, 1)}
+            "control_checks": control_checks(runs, controls), "wall_seconds": round(time.perf_counter() - t0, 1),
+            # the runs' own stage times: a resumed or --collect-only bench's wall time leaves most of them out
+            "pipeline_seconds": round(sum(sum(r["stage_seconds"].values()) for r in
+                                          [*(x for rs in runs.values() for x in rs), *controls, *heldout.values()]), 1),
+            "out": str(b.out)}
     md = render_bench(data)
     made_on = read_json(Path(next(iter(runs.values()))[0]["work_dir"]) / "metrics" / "summary.json").get("made_on") if runs else None
     atomic_write_json(b.out / "bench.json", {**data, **provenance_fields(), "made_on": made_on})
@@ -247,7 +254,7 @@ def run_bench(b: Bench, results: str | None = None) -> dict:
     print(md)
     print(f"saved {b.out / 'bench.json'}")
     if results:
-        print(f"published: {publish(results, 'compare', data, made_on=made_on)}")
+        print(f"published: {publish(results, Path(results).stem, data, made_on=made_on)}")
     return data
 
 

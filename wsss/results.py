@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -74,7 +75,7 @@ def provenance_fields() -> dict:
 def publish(path: str | os.PathLike, kind: str, data: dict, made_on: dict | None = None) -> Path:
     """Write a published result: the command that made it, the machine, the commit, the data.
     ``made_on``: the machine as the processes that measured saw it (their torch and threads)."""
-    doc = {"kind": kind, "command": " ".join(["python", *[_relative(a) for a in sys.argv]]), **provenance_fields(),
+    doc = {"kind": kind, "command": shlex.join(["python", *[_relative(a) for a in sys.argv]]), **provenance_fields(),
            "data": data}
     if made_on:
         doc["made_on"] = made_on
@@ -163,9 +164,13 @@ def render_demo(demo: dict, compare: dict | None) -> str:
 
 def render_compare(doc: dict) -> str:
     d = doc["data"]
-    took = f"; {int(d['wall_seconds'] // 60)} min in all" if (d.get("wall_seconds") or 0) >= 60 else ""
+    if d.get("pipeline_seconds"):
+        took = f"; its runs took {int(d['pipeline_seconds'] // 60)} min in all"
+    else:
+        took = f"; {int(d['wall_seconds'] // 60)} min in all" if (d.get("wall_seconds") or 0) >= 60 else ""
+    out = d.get("out", "work_dirs/compare")
     return (f"Measured with `{doc['command']}` ({made_on(doc)}{took}), which also writes "
-            "`work_dirs/compare/bench.{json,md}`:\n" + placeholder(doc) + "\n" + render_bench(d).replace("## ", "#### "))
+            f"`{out}/bench.{{json,md}}`:\n" + placeholder(doc) + "\n" + render_bench(d).replace("## ", "#### "))
 
 
 def render_gslm_rounds(doc: dict) -> str:
@@ -225,6 +230,7 @@ def render_benchmark(doc: dict) -> str:
 RENDERERS = {
     "demo": lambda d: render_demo(d["demo"], d.get("compare")),
     "compare": lambda d: render_compare(d["compare"]),
+    "compare_elongated": lambda d: render_compare(d["compare_elongated"]),
     "gslm_rounds": lambda d: render_gslm_rounds(d["compare"]),
     "benchmark": lambda d: render_benchmark(d["benchmark"]),
     "benchmark_reference": lambda d: render_benchmark_reference(d["benchmark_reference"]),
@@ -302,7 +308,7 @@ def render_bench(d: dict) -> str:
         md += ("\n**Not run** (the bench stopped before them; `scripts/compare_methods.py` resumes and adds them): "
                + ", ".join(d["not_run"]) + ".\n")
     p = d["premise"]
-    md += (f"\n## Premise (baseline runs)\n\n{'met' if p['ok'] else '**not met**'} in {p['runs'] - len(p['failed'])} of "
+    md += (f"\n## Premise (baseline runs)\n\n{'met' if p['ok'] else '**not met**'}: it holds in {p['runs'] - len(p['failed'])} of "
            f"{p['runs']} baseline runs (parts >= 90% covered, bodies <= 60%, every class's precision above its recall, "
            "pseudo-mask precision >= 80%)\n")
     base_runs = d["runs"].get(BASELINE, [])
