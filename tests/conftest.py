@@ -81,6 +81,42 @@ def run_script(script: str, *args: str, check: bool = True, timeout: int = 600, 
     return proc
 
 
+def run_script_here(script: str, *args: str) -> subprocess.CompletedProcess:
+    """``run_script`` without a new interpreter: the script runs as ``__main__`` in this process
+    (its ``run_script`` wrapper, exit codes and messages included), which saves the seconds of
+    importing torch and torchvision that each child costs. For short runs (refusals, errors, a
+    rerun with nothing to do); the end-to-end tests keep ``run_script``. Torch's threads, RNG and
+    determinism switch, the environment and the working directory are restored afterwards;
+    anything but a clean exit or ``SystemExit`` propagates, as a traceback would."""
+    import contextlib
+    import io
+    import runpy
+
+    out, err = io.StringIO(), io.StringIO()
+    argv, cwd, env, threads = sys.argv[:], os.getcwd(), dict(os.environ), torch.get_num_threads()
+    deterministic, rng = torch.are_deterministic_algorithms_enabled(), torch.get_rng_state()
+    code, cmd = 0, [str(REPO / "scripts" / script), *args]
+    try:
+        sys.argv = cmd[:]
+        os.chdir(REPO)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(sys.argv[0], run_name="__main__")
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                if not isinstance(e.code, (int, type(None))):
+                    print(e.code, file=sys.stderr)
+    finally:
+        sys.argv = argv
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(env)
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+        torch.set_rng_state(rng)
+    return subprocess.CompletedProcess(cmd, code, out.getvalue(), err.getvalue())
+
+
 def kill_when(cmd: list[str], ready, timeout: float = 300, env: dict | None = None) -> None:
     """Start ``cmd``, SIGKILL its whole process group (as a scheduler or Ctrl-C would) as soon
     as ``ready()`` is true; an error if it finishes first or ``ready()`` never comes."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONFIGS, run_script, tiny_overrides
+from conftest import CONFIGS, run_script, run_script_here, tiny_overrides
 from wsss.cam.make import make_cams
 from wsss.cam.training import build_cam_model
 from wsss.config import load_config, to_dict
@@ -247,7 +247,7 @@ def test_train_cam_then_make_pseudo_and_refusals_under_another_config(tiny_root,
     masks = {p.name: p.stat().st_mtime_ns for p in (work / "pseudo").glob("*.png")}
 
     # a key of make_pseudo: refused in one line naming it and the ways out; nothing rewritten
-    p = run_script("make_pseudo.py", *_args(tiny_root, work, **{"pseudo.fg_thres": 0.4}), check=False)
+    p = run_script_here("make_pseudo.py", *_args(tiny_root, work, **{"pseudo.fg_thres": 0.4}))
     line = _error_line(p)
     assert p.returncode == 2 and "pseudo.fg_thres: 0.3 -> 0.4" in line, line
     assert "set pseudo.redo=true" in line and "--redo-from make_pseudo" in line and "work_dir=DIR" in line

@@ -62,7 +62,7 @@ def test_gslm_phases_and_round_thresholds(tiny_cfg):
 
 @pytest.mark.slow
 def test_gslm_run_glm_and_rounds(tiny_root, tmp_path):
-    from conftest import CONFIGS, run_script, tiny_overrides
+    from conftest import CONFIGS, run_script, run_script_here, tiny_overrides
 
     work = tmp_path / "work"
     args = ["--config", str(CONFIGS / "gslm/gslm_r18_synthetic.yaml"),
@@ -90,10 +90,12 @@ def test_gslm_run_glm_and_rounds(tiny_root, tmp_path):
     last = torch.load(work / "checkpoints" / "slm_round2.pth", weights_only=True)["model"]
     assert all(torch.equal(final[k], last[k]) for k in final)
     # a rerun has nothing left to do
-    again = run_script("train_cam.py", *args)
+    again = run_script_here("train_cam.py", *args)
+    assert again.returncode == 0, again.stderr[-2000:]
     assert "[slm_round2] finished earlier" in again.stdout and "CAMs and pseudo masks" not in again.stdout
     # make_cam links the last round's CAMs (same weights and settings) instead of recomputing them
-    made = run_script("make_cam.py", *args)
+    made = run_script_here("make_cam.py", *args)
+    assert made.returncode == 0, made.stderr[-2000:]
     assert "(0 computed on rank 0, 24 linked from the training run's own CAMs" in made.stdout
     assert all((work / "cams" / p.name).samefile(p) for p in (work / "gslm" / "round2" / "cams").glob("*.npz"))
 
