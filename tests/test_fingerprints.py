@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONFIGS, run_script, run_script_here, tiny_overrides
+from conftest import CONFIGS, run_script_here, tiny_overrides
 from wsss.cam.make import make_cams
 from wsss.cam.training import build_cam_model
 from wsss.config import load_config, to_dict
@@ -232,11 +232,14 @@ def test_train_cam_then_make_pseudo_and_refusals_under_another_config(tiny_root,
     from wsss import stages
 
     work = tmp_path / "work"
-    run_script("train_cam.py", *_args(tiny_root, work))
+    trained = run_script_here("train_cam.py", *_args(tiny_root, work))
+    assert trained.returncode == 0, trained.stderr[-2000:]
     assert json.loads((work / "checkpoints" / "made_by.json").read_text())["keys"]["train.lr"] == 0.1
 
     # make_pseudo right after train_cam: the CAMs are made first, by make_cam's code and rules
-    out = run_script("make_pseudo.py", *_args(tiny_root, work)).stdout
+    made = run_script_here("make_pseudo.py", *_args(tiny_root, work))
+    assert made.returncode == 0, made.stderr[-2000:]
+    out = made.stdout
     assert "12 CAM files of split train are not in" in out and "making them first" in out
     assert "(12 computed on rank 0" in out and "pseudo masks of 12 images" in out
     assert len(list((work / "cams").glob("*.npz"))) == 12 and len(list((work / "pseudo").glob("*.png"))) == 12
