@@ -81,11 +81,13 @@ def run_script(script: str, *args: str, check: bool = True, timeout: int = 600, 
     return proc
 
 
-def run_script_here(script: str, *args: str) -> subprocess.CompletedProcess:
+def run_script_here(script: str, *args: str, check: bool = False) -> subprocess.CompletedProcess:
     """``run_script`` without a new interpreter: the script runs as ``__main__`` in this process
     (its ``run_script`` wrapper, exit codes and messages included), which saves the seconds of
     importing torch and torchvision that each child costs. For short runs (refusals, errors, a
-    rerun with nothing to do); the end-to-end tests keep ``run_script``. Torch's threads, RNG and
+    rerun with nothing to do) and chains of stages whose weights no other run must match
+    bit for bit; the kill/resume, lock, DDP and pipeline tests keep ``run_script``. ``check``:
+    a non-zero exit is an error showing the output. Torch's threads, RNG and
     determinism switch, the environment and the working directory are restored afterwards;
     anything but a clean exit or ``SystemExit`` propagates, as a traceback would."""
     import contextlib
@@ -114,6 +116,8 @@ def run_script_here(script: str, *args: str) -> subprocess.CompletedProcess:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
         torch.set_rng_state(rng)
+    if check and code != 0:
+        raise AssertionError(f"{script} failed ({code}):\n{out.getvalue()[-3000:]}\n{err.getvalue()[-3000:]}")
     return subprocess.CompletedProcess(cmd, code, out.getvalue(), err.getvalue())
 
 

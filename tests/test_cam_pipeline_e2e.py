@@ -3,7 +3,12 @@ import json
 
 import pytest
 
-from conftest import CONFIGS, run_script, tiny_overrides
+from conftest import CONFIGS, run_script_here, tiny_overrides
+
+
+def run_script(script: str, *args: str):
+    """The real script as __main__, in this process (a child would spend seconds importing torch)."""
+    return run_script_here(script, *args, check=True)
 
 
 @pytest.mark.slow

@@ -51,7 +51,7 @@ def test_every_key_is_fingerprinted_or_harmless(tiny_cfg):
     for key in ["runtime.threads", "runtime.progress", "runtime.tensorboard", "train.workers", "cam.workers", "pseudo.workers",
                 "seg.workers", "train.log_interval", "train.ckpt_interval", "train.vis_interval", "seg.log_interval",
                 "data.root", "data.label_file", "work_dir", "exp_name", "cam.out_dir", "cam.redo", "pseudo.redo",
-                "pipeline.stages", "runtime.channels_last", "runtime.compile", "runtime.device"]:
+                "pipeline.stages", "runtime.channels_last", "runtime.compile", "runtime.compile_backend", "runtime.device"]:
         assert is_harmless(key) and key not in covered, key
     # method sections are found through the registry, not by name, and belong to the CAM model
     assert {"ppl", "gslm"} <= set(method_sections(cfg))

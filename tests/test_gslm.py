@@ -62,13 +62,13 @@ def test_gslm_phases_and_round_thresholds(tiny_cfg):
 
 @pytest.mark.slow
 def test_gslm_run_glm_and_rounds(tiny_root, tmp_path):
-    from conftest import CONFIGS, run_script, run_script_here, tiny_overrides
+    from conftest import CONFIGS, run_script_here, tiny_overrides
 
     work = tmp_path / "work"
     args = ["--config", str(CONFIGS / "gslm/gslm_r18_synthetic.yaml"),
             *tiny_overrides(tiny_root, work, **{"gslm.rounds": 2, "gslm.epochs": 1, "gslm.lr": 0.01,
                                                 "gslm.round_eval_cams": "nearest"})]
-    out = run_script("train_cam.py", *args)
+    out = run_script_here("train_cam.py", *args, check=True)
     for r in range(3):
         assert len(list((work / "gslm" / f"round{r}" / "pseudo").glob("*.png"))) == 24
     for name in ("cam", "slm_round1", "slm_round2", "final"):
@@ -133,7 +133,7 @@ def test_ground_truth_sr_targets_control(tiny_root, tmp_path):
     """The bench's control, on tiny data: from the same GLM, one SLM round with ground-truth
     masks as SR targets raises the CAM mIoU by >= 5 points and beats the same round with
     sr_weight 0; shifted ground-truth masks (right classes, wrong places) do not beat it."""
-    from conftest import CONFIGS, run_script, tiny_overrides
+    from conftest import CONFIGS, run_script_here, tiny_overrides
     from tools.compare import write_shifted_masks
 
     shifted = write_shifted_masks(tiny_root, tmp_path / "shifted")
@@ -143,8 +143,8 @@ def test_ground_truth_sr_targets_control(tiny_root, tmp_path):
     for name, extra in (("gt", {"gslm.target_masks": "SegmentationClassAug"}), ("shifted", {"gslm.target_masks": str(shifted)}),
                         ("sr0", {"gslm.sr_weight": 0.0})):
         work = tmp_path / name  # the same seed: the same GLM in every run (checked below)
-        run_script("train_cam.py", "--config", str(CONFIGS / "gslm/gslm_r18_synthetic.yaml"),
-                   *tiny_overrides(tiny_root, work, **{**common, **extra}))
+        run_script_here("train_cam.py", "--config", str(CONFIGS / "gslm/gslm_r18_synthetic.yaml"),
+                        *tiny_overrides(tiny_root, work, **{**common, **extra}), check=True)
         rounds = json.loads((work / "metrics" / "gslm_rounds.json").read_text())["rounds"]
         results[name] = (rounds[0]["cam_miou_best"], rounds[1]["cam_miou_best"])
     assert len({r[0] for r in results.values()}) == 1, results  # one GLM

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import CONFIGS, REPO, finished_files, kill_when, tiny_overrides
+from conftest import CONFIGS, REPO, finished_files, kill_when, run_script_here, tiny_overrides
 
 PPL_STAGES = "[{split_after: 1, grid: 2, epochs: 1}, {split_after: 2, grid: 2, epochs: 1}, {split_after: 3, grid: 2, epochs: 1}]"
 
@@ -85,6 +85,17 @@ def _pipeline_cmd(root, work, *extra):
             *_ablation_overrides(root, work), *extra]
 
 
+def _script_here(root, work, *extra):
+    """scripts/run_pipeline.py as __main__ in this process (its command line, exit code and
+    messages); the lock is given back after."""
+    from wsss.workdir import release_all
+
+    try:
+        return run_script_here("run_pipeline.py", *_pipeline_cmd(root, work, *extra)[2:])
+    finally:
+        release_all()
+
+
 def _in_process(root, work, *overrides, stages=ABLATION, **kw):
     """run_pipeline in this process (the script minus its start-up); the lock is given back after."""
     from wsss.config import load_config
@@ -122,8 +133,7 @@ def test_readme_ablation_sequence_never_reports_old_numbers(tiny_root, tmp_path,
 
     # 2) the ablation in the same work_dir: one line naming the keys and the ways out; nothing written
     before = {p: p.read_bytes() for p in (a / "pipeline").glob("*.json")}
-    proc = subprocess.run(_pipeline_cmd(tiny_root, a, "ppl.restart_schedule=false", "ppl.cam_source=full", "--stages", ABLATION),
-                          capture_output=True, text=True, cwd=REPO, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    proc = _script_here(tiny_root, a, "ppl.restart_schedule=false", "ppl.cam_source=full", "--stages", ABLATION)
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
     assert re.fullmatch(r"config error: .*/a/checkpoints/made_by\.json: the checkpoints there were made with other "
@@ -163,7 +173,9 @@ def test_readme_ablation_sequence_never_reports_old_numbers(tiny_root, tmp_path,
     with pytest.raises(StaleOutputError, match=r"cams/made_by\.json: .* --redo-from make_cam .*\(cam\.scales: \[1\.0, 0\.5\] -> \[1\.0\]\)"):
         _in_process(tiny_root, a, "cam.scales=[1.0]")
     weights = (a / "checkpoints" / "final.pth").stat().st_mtime_ns
-    out = _run(_pipeline_cmd(tiny_root, a, "cam.scales=[1.0]", "--redo-from", "make_cam", "--stages", "make_cam,eval_cam"))
+    proc = _script_here(tiny_root, a, "cam.scales=[1.0]", "--redo-from", "make_cam", "--stages", "make_cam,eval_cam")
+    out = proc.stdout
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "--redo-from make_cam: removed what make_cam, eval_cam, make_pseudo, eval_pseudo, train_seg, eval_seg had made" in out
     assert "(12 computed on rank 0" in out and (a / "checkpoints" / "final.pth").stat().st_mtime_ns == weights
     s6 = _read(a / "metrics" / "summary.json")

@@ -96,7 +96,7 @@ def test_multiscale_flip_equals_hand_computed_average():
 
 @pytest.mark.slow
 def test_train_seg_then_eval_seg_with_test_export(tiny_cfg, tiny_root, tmp_path):
-    from conftest import CONFIGS, run_script, tiny_overrides
+    from conftest import CONFIGS, run_script_here, tiny_overrides
 
     work = tmp_path / "work"
     args = ["--config", str(CONFIGS / "seg/deeplabv2_r18_synthetic.yaml"),
@@ -104,10 +104,10 @@ def test_train_seg_then_eval_seg_with_test_export(tiny_cfg, tiny_root, tmp_path)
                                                 "seg.iterations": 6, "seg.batch_size": 2, "seg.workers": 0,
                                                 "seg.aug.crop_size": 48, "seg.scales": [0.5, 1.0], "seg.ckpt_interval": 3,
                                                 "seg.val_interval": 3, "seg.log_interval": 2, "seg.test_split": "test"})]
-    out = run_script("train_seg.py", *args)
+    out = run_script_here("train_seg.py", *args, check=True)
     assert (work / "seg" / "checkpoints" / "final.pth").is_file()
     assert "[deeplab] step 3: miou=" in out.stdout  # periodic val mIoU
-    out = run_script("eval_seg.py", *args)
+    out = run_script_here("eval_seg.py", *args, check=True)
     res = json.loads((work / "metrics" / "seg_eval.json").read_text())
     assert res["num_images"] == 8 and 0 <= res["miou"] <= 1
     assert f"segmentation mIoU on val: {res['miou'] * 100:.2f}" in out.stdout

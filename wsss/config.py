@@ -142,6 +142,9 @@ class RuntimeConfig:
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False
     compile: bool = False
+    # torch.compile's backend: inductor (the fast one), or e.g. aot_eager to trace and run the
+    # same graphs without code generation (isolates a compiler problem; what the CPU tests use)
+    compile_backend: str = "inductor"
     sync_bn: bool = True  # under DDP on CUDA, trainable BN becomes SyncBatchNorm
     pin_memory: bool = True
     persistent_workers: bool = True

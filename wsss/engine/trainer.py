@@ -378,7 +378,7 @@ def _wrap(bare: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
     if is_distributed() and cfg.runtime.sync_bn and device.type == "cuda":
         # trainable BN (frozen BN never changes) then sees the global batch
         nn.SyncBatchNorm.convert_sync_batchnorm(bare)
-    net: nn.Module = torch.compile(bare) if cfg.runtime.compile else bare
+    net: nn.Module = torch.compile(bare, backend=cfg.runtime.compile_backend) if cfg.runtime.compile else bare
     if is_distributed():
         from torch.nn.parallel import DistributedDataParallel as DDP
 
