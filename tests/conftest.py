@@ -82,12 +82,13 @@ def run_script(script: str, *args: str, check: bool = True, timeout: int = 600, 
 
 
 def run_script_here(script: str, *args: str, check: bool = False) -> subprocess.CompletedProcess:
-    """``run_script`` without a new interpreter: the script runs as ``__main__`` in this process
-    (its ``run_script`` wrapper, exit codes and messages included), which saves the seconds of
-    importing torch and torchvision that each child costs. For short runs (refusals, errors, a
-    rerun with nothing to do) and chains of stages whose weights no other run must match
-    bit for bit; the kill/resume, lock, DDP and pipeline tests keep ``run_script``. ``check``:
-    a non-zero exit is an error showing the output. Torch's threads, RNG and
+    """``run_script`` without a new interpreter: the script (a name in scripts/, or a path) runs
+    as ``__main__`` in this process (its ``run_script`` wrapper, exit codes and messages
+    included), which saves the seconds of importing torch and torchvision that each child
+    costs. For short runs (refusals, errors, a rerun with nothing to do), chains of stages
+    whose weights no other run must match bit for bit, and one-process references; killed
+    runs, locks, DDP ranks and the full pipeline keep child processes. ``check``: a non-zero
+    exit is an error showing the output. Torch's threads, RNG and
     determinism switch, the environment and the working directory are restored afterwards;
     anything but a clean exit or ``SystemExit`` propagates, as a traceback would."""
     import contextlib

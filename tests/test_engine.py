@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONFIGS, REPO, assert_same_weights, kill_when, tiny_overrides
+from conftest import CONFIGS, REPO, assert_same_weights, kill_when, run_script_here, tiny_overrides
 from wsss.engine.checkpoint import load_checkpoint
 from wsss.engine.optim import build_poly, build_sgd
 from wsss.engine.sampler import ResumableSampler
@@ -40,13 +40,14 @@ def test_poly_schedule():
 
 def _train_cmd(root: Path, work: Path, *extra: str) -> list[str]:
     return [sys.executable, str(REPO / "scripts/train_cam.py"), "--config", str(CONFIGS / "cam/cam_r18_synthetic.yaml"),
-            *tiny_overrides(root, work, **{"train.epochs": 3, "runtime.deterministic": True, "train.ckpt_interval": 2}), *extra]
+            *tiny_overrides(root, work, **{"train.epochs": 3, "runtime.deterministic": True, "train.ckpt_interval": 2,
+                                           "runtime.threads": 2}), *extra]
 
 
 def test_killed_and_resumed_run_equals_uninterrupted(tiny_root, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     ref = tmp_path / "ref"
-    subprocess.run(_train_cmd(tiny_root, ref), check=True, capture_output=True, env=env, timeout=300)
+    run_script_here("train_cam.py", *_train_cmd(tiny_root, ref)[2:], check=True)  # uninterrupted, in this process
     work = tmp_path / "killed"
     last = work / "checkpoints" / "last.pth"
     kill_when(_train_cmd(tiny_root, work), lambda: last.is_file() and load_checkpoint(last)["step"] >= 6, timeout=240, env=env)

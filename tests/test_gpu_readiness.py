@@ -65,7 +65,7 @@ def test_amp_and_channels_last_training_runs_and_learns(tiny_cfg, amp):
 def test_fp16_checkpoint_holds_the_grad_scaler(tiny_cfg, monkeypatch):
     from wsss.engine import trainer
 
-    cfg = tiny_cfg(**{"runtime.amp": "fp16", "train.ckpt_interval": 2, "train.log_interval": 100, "train.max_steps": 4})
+    cfg = tiny_cfg(**{"runtime.amp": "fp16", "train.ckpt_interval": 1, "train.log_interval": 100, "train.max_steps": 2})
     saved = []
     real_save = trainer.save_checkpoint
     monkeypatch.setattr(trainer, "save_checkpoint", lambda p, s: (saved.append(s), real_save(p, s)))

@@ -22,6 +22,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "2"}
 
 
 def _cmd(script: str, config: str, root: Path, work: Path, **extra) -> list[str]:
+    extra = {"runtime.threads": 2, **extra}  # as OMP_NUM_THREADS in ENV, for the runs made in this process
     return [sys.executable, str(REPO / "scripts" / script), "--config", str(CONFIGS / config), *tiny_overrides(root, work, **extra)]
 
 
@@ -29,6 +30,12 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc
+
+
+def _run_here(cmd: list[str]) -> subprocess.CompletedProcess:
+    """An uninterrupted reference run, in this process (``runtime.threads`` in ``cmd`` gives it
+    the children's thread count, so the same float reductions)."""
+    return run_script_here(Path(cmd[1]).name, *cmd[2:], check=True)
 
 
 def _no_temp_files(*dirs: Path) -> None:
@@ -85,13 +92,12 @@ def test_make_cam_and_make_pseudo_killed_midway(tiny_root, tmp_path):
     extra = {"train.max_steps": 2, "cam.scales": [1.0, 0.5, 1.5, 2.0], "cam.images_per_batch": 1, "pseudo.workers": 2,
              "pseudo.eval_split": ""}
     ref, work = tmp_path / "ref", tmp_path / "killed"
-    # in this process: only its weights are used (copied below)
-    run_script_here("train_cam.py", *_cmd("train_cam.py", "cam/cam_r18_synthetic.yaml", tiny_root, ref, **extra)[2:], check=True)
+    _run_here(_cmd("train_cam.py", "cam/cam_r18_synthetic.yaml", tiny_root, ref, **extra))
     work.mkdir()
     (work / "checkpoints").mkdir()
     (work / "checkpoints" / "final.pth").write_bytes((ref / "checkpoints" / "final.pth").read_bytes())
-    _run(_cmd("make_cam.py", "cam/cam_r18_synthetic.yaml", tiny_root, ref, **extra))
-    _run(_cmd("make_pseudo.py", "cam/cam_r18_synthetic.yaml", tiny_root, ref, **extra))
+    _run_here(_cmd("make_cam.py", "cam/cam_r18_synthetic.yaml", tiny_root, ref, **extra))
+    _run_here(_cmd("make_pseudo.py", "cam/cam_r18_synthetic.yaml", tiny_root, ref, **extra))
 
     # make_cam, killed after a few files
     cams = _kill_and_rerun("make_cam.py", work / "cams", "npz", 3, "computed on rank 0", tiny_root, work, extra)
@@ -116,7 +122,7 @@ def test_ppl_killed_between_stages_resumes_at_the_right_stage(tiny_root, tmp_pat
     def cmd(w):
         return _cmd("train_cam.py", "ppl/ppl_progressive_r18_synthetic.yaml", tiny_root, w, **extra) + [f"ppl.stages={PPL_STAGES}"]
 
-    _run(cmd(ref))
+    _run_here(cmd(ref))
     kill_when(cmd(work), lambda: (work / "checkpoints" / "stage1.pth").is_file(), env=ENV)
     assert not (work / "checkpoints" / "stage3.pth").exists()
     out = _run(cmd(work))
@@ -129,7 +135,7 @@ def test_ppl_killed_between_stages_resumes_at_the_right_stage(tiny_root, tmp_pat
 def test_gslm_killed_between_rounds_resumes_at_the_right_round(tiny_root, tmp_path):
     extra = {"runtime.deterministic": True, "gslm.rounds": 2, "gslm.epochs": 1, "gslm.lr": 0.01}
     ref, work = tmp_path / "ref", tmp_path / "killed"
-    _run(_cmd("train_cam.py", "gslm/gslm_r18_synthetic.yaml", tiny_root, ref, **extra))
+    _run_here(_cmd("train_cam.py", "gslm/gslm_r18_synthetic.yaml", tiny_root, ref, **extra))
     kill_when(_cmd("train_cam.py", "gslm/gslm_r18_synthetic.yaml", tiny_root, work, **extra),
               lambda: (work / "checkpoints" / "slm_round1.pth").is_file(), env=ENV)
     assert not (work / "checkpoints" / "final.pth").exists()

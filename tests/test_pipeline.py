@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,16 @@ def _run(cmd):
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return p.stdout
+
+
+def _here(cmd):
+    """``cmd`` (a run_pipeline command line) as __main__ in this process; its stdout."""
+    from wsss.workdir import release_all
+
+    try:
+        return run_script_here(Path(cmd[1]).name, *cmd[2:], check=True).stdout
+    finally:
+        release_all()
 
 
 @pytest.mark.slow
@@ -64,10 +75,10 @@ def test_pipeline_interrupted_resumed_skipped_and_summarised(tiny_root, tmp_path
     vis = re.search(r"visualisation: (\S+\.png)", out).group(1)
     assert os.path.isfile(vis)
 
-    # 3) a rerun skips every stage; --force redoes the named one only
-    out = _run(_cmd(tiny_root, work))
+    # 3) a rerun skips every stage; --force redoes the named one only (both in this process)
+    out = _here(_cmd(tiny_root, work))
     assert out.count("finished earlier") == 7
-    out = _run(_cmd(tiny_root, work, "--force", "eval_cam", "--stages", "eval_cam,eval_pseudo"))
+    out = _here(_cmd(tiny_root, work, "--force", "eval_cam", "--stages", "eval_cam,eval_pseudo"))
     assert "[pipeline] eval_cam ..." in out and "eval_pseudo: finished earlier" in out
 
 

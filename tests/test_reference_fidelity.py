@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONFIGS, REPO, tiny_overrides
+from conftest import CONFIGS, REPO, run_script_here, tiny_overrides
 
 ALL_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if "_base_" not in p.parts)
 
@@ -106,13 +106,17 @@ def test_cam_crf_score_equals_threshold_and_label_crf_by_hand(tiny_cfg, tmp_path
 def _grads(tiny_root, tmp_path, nproc: int, config: str, name: str) -> dict:
     work = tmp_path / f"{name}{nproc}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # one thread in every process (the one-process run happens here): the same float reductions
     over = tiny_overrides(tiny_root, work, **{"train.batch_size": 4, "runtime.device": "cpu", "model.frozen_bn": True,
-                                              "gslm.rounds": 1})
+                                              "gslm.rounds": 1, "runtime.threads": 1})
     out = work / "grads.pt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={29741 + nproc}",
-           str(REPO / "tests/ddp_grad_worker.py"), str(out), str(CONFIGS / config), *over]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    args = [str(REPO / "tests/ddp_grad_worker.py"), str(out), str(CONFIGS / config), *over]
+    if nproc == 1:  # one process, no process group: the worker runs here
+        run_script_here(*args, check=True)
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={29741 + nproc}", *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return torch.load(out, weights_only=True)
 
 
