@@ -31,6 +31,8 @@ def main() -> None:
                    help="round bodies with the part anywhere inside (default), or elongated ones with the part at one end")
     p.add_argument("--part-colours", choices=["pairs", "one_hue"], default=None,
                    help="parts in two palette colours (default) or one hue in two shades")
+    p.add_argument("--decoys", type=int, default=None,
+                   help="up to this many objects of no class per image (background; needs --part-colours one_hue)")
     p.add_argument("--coco", action="store_true", help="also write a COCO-style copy under <root>/coco")
     p.add_argument("--force", action="store_true", help="write into an existing folder")
     a = p.parse_args()
@@ -46,7 +48,8 @@ def main() -> None:
                   num_test=s.num_test, num_classes=s.num_classes, write_coco=s.write_coco or a.coco,
                   width_range=a.width_range or s.width_range, height_range=a.height_range or s.height_range,
                   voc_sizes=a.voc_sizes or s.voc_sizes, scene=a.scene or s.scene,
-                  part_colours=a.part_colours or s.part_colours)
+                  part_colours=a.part_colours or s.part_colours,
+                  decoys=s.decoys if a.decoys is None else a.decoys)
     else:
         if not a.root:
             p.error("give --root or --config")
@@ -54,7 +57,7 @@ def main() -> None:
         kw = dict(seed=a.seed, image_size=a.image_size, num_train=a.num_train, num_aug=a.num_aug, num_val=a.num_val,
                   num_test=a.num_test, num_classes=a.num_classes, write_coco=a.coco,
                   width_range=a.width_range, height_range=a.height_range, voc_sizes=a.voc_sizes,
-                  scene=a.scene or "round", part_colours=a.part_colours or "pairs")
+                  scene=a.scene or "round", part_colours=a.part_colours or "pairs", decoys=a.decoys or 0)
     if (Path(root) / "cls_labels.json").is_file() and not a.force:
         print(f"{root} already holds a dataset (use --force to overwrite)", file=sys.stderr)
         raise SystemExit(1)

@@ -56,3 +56,65 @@ def test_shifted_targets_are_the_rolled_ground_truth(tiny_root, tmp_path):
     for p in gts[:5]:
         m = read_mask(p)
         assert np.array_equal(read_mask(out / p.name), np.roll(m, m.shape[1] // 2, axis=1))
+
+
+def test_part_reliance_tells_a_part_detector_from_a_shortcut(tiny_root, tmp_path):
+    """The diagnostic on hand-built classifiers: one that scores a class by how many pixels
+    carry its part colour loses the class when the part is erased (recognised by its part);
+    one whose scores ignore the image keeps them (every class 'recognised without its part').
+    Then the script runs end to end on a CAM network's checkpoint and writes its metrics."""
+    import json
+
+    import torch
+
+    from conftest import CONFIGS, run_script_here, tiny_overrides
+    from wsss.cam.part_reliance import erase_part, part_reliance
+    from wsss.data.synthetic import class_styles, generate_synthetic_voc
+    from wsss.fileio import read_image, read_mask
+
+    layout_img = read_image(tiny_root / "JPEGImages" / "2007_000000.jpg")
+    label = read_mask(tiny_root / "SegmentationClassAug" / "2007_000000.png")
+    parts = read_mask(tiny_root / "PartMasks" / "2007_000000.png")
+    c = int(parts.max())
+    erased = erase_part(layout_img, label, parts, c)
+    body = (label == c) & (parts != c)
+    assert (erased[parts != c] == layout_img[parts != c]).all()
+    assert np.abs(erased[parts == c].astype(float) - layout_img[body].mean(0)).max() <= 0.5
+
+    # parts in one hue each (light and dark shades): a pixel shows class c's part when its
+    # chroma points the way c's colour does and is strong (the clutter is dull, the body orange)
+    hued = tmp_path / "one_hue" / "VOC2012"
+    generate_synthetic_voc(hued, seed=3, image_size=64, num_train=12, num_aug=0, num_val=2, num_test=1, num_classes=3,
+                           part_colours="one_hue")
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    colours = torch.tensor([st.part_a for st in class_styles(3, "one_hue")], dtype=torch.float32) / 255
+    ref = colours - colours.mean(1, keepdim=True)
+
+    class PartDetector(torch.nn.Module):
+        def forward(self, x):
+            img = x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+            v = img - img.mean(1, keepdim=True)
+            cos = torch.einsum("bchw,kc->bkhw", v, ref) / (v.norm(dim=1, keepdim=True) * ref.norm(dim=1).view(1, -1, 1, 1) + 1e-6)
+            hit = (cos > 0.97) & (v.norm(dim=1, keepdim=True) > 0.22)
+            return {"logits": 2000 * hit.float().mean((2, 3)) - 4}
+
+    class Blind(torch.nn.Module):
+        def forward(self, x):
+            return {"logits": torch.ones(x.shape[0], 3) * torch.tensor([1.0, 0.0, 2.0])}
+
+    names = ["aeroplane", "bicycle", "bird"]
+    cpu = torch.device("cpu")
+    seeing = part_reliance(PartDetector(), str(hued), "train", 3, mean, std, cpu, names)
+    assert seeing["recognised_without_part"] == [], seeing
+    for m in seeing["per_class"].values():
+        assert m["images"] > 0 and m["with_part"] > 0.8 and m["part_erased"] < 0.2 and m["absent"] < 0.2, m
+    blind = part_reliance(Blind(), str(hued), "train", 3, mean, std, cpu, names)
+    assert blind["recognised_without_part"] == names
+
+    work = tmp_path / "run"
+    config = str(CONFIGS / "cam/cam_r18_synthetic.yaml")
+    run_script_here("train_cam.py", "--config", config, *tiny_overrides(tiny_root, work, **{"train.epochs": 1}), check=True)
+    run_script_here("part_reliance.py", "--config", config, *tiny_overrides(tiny_root, work), check=True)
+    out = json.loads((work / "metrics" / "part_reliance.json").read_text())
+    assert set(out["per_class"]) == set(names) and out["num_images"] == 12
+    assert all(0 <= m["with_part"] <= 1 for m in out["per_class"].values())

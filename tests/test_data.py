@@ -129,6 +129,48 @@ def test_default_scenes_are_the_published_ones():
             h.update(a.tobytes())
     assert GENERATOR_VERSION == 5
     assert h.hexdigest() == "864afb7db119440c08f833f5d0c1dfdfc29160e474418e97bdd80a444b9f197d"
+    # the opt-in scenes the premise tables were measured on draw what they drew, decoys or not
+    h = hashlib.sha256()
+    for scene, colours in (("elongated", "one_hue"), ("round", "one_hue"), ("elongated", "pairs")):
+        rng = np.random.default_rng(11)
+        for _ in range(6):
+            for a in render_scene(rng, 96, class_styles(5, colours), scene=scene)[:3]:
+                h.update(a.tobytes())
+    assert h.hexdigest() == "583493eed3e993d8b91167402aaf55636dfac4d90188d916a51ee7761096189f"
+
+
+def test_decoy_objects_are_background_with_parts_of_no_class():
+    """decoys: objects of no class under the class objects: their bodies and parts are in the
+    image but background in the ground truth and the part masks; a decoy part's hue lies between
+    two class hues, far from each; the ground truth of a scene does not change with them."""
+    import colorsys
+
+    from wsss.data.synthetic import BODY_HUE, class_styles, decoy_style, render_scene
+
+    styles = class_styles(5, "one_hue")
+    class_hues = [colorsys.rgb_to_hsv(*(v / 255.0 for v in st.part_a))[0] for st in styles]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        hue = colorsys.rgb_to_hsv(*(v / 255.0 for v in decoy_style(rng, styles).part_a))[0]
+        assert min(min(abs(hue - c), 1 - abs(hue - c)) for c in class_hues) > 0.06
+        assert min(abs(hue - BODY_HUE), 1 - abs(hue - BODY_HUE)) > 0.2
+
+    def saturated_background(decoys):
+        n, same_gt = 0, 0
+        for seed in range(8):
+            img, label, parts, _ = render_scene(np.random.default_rng(seed), 96, styles, scene="elongated", decoys=decoys)
+            ref = render_scene(np.random.default_rng(seed), 96, styles, scene="elongated")
+            same_gt += bool((label == ref[1]).all() and (parts == ref[2]).all())
+            hsv = np.array(Image.fromarray(img).convert("HSV")).astype(float) / 255
+            n += int(((label == 0) & (parts == 0) & (hsv[..., 1] > 0.6)).sum())
+        return n, same_gt
+
+    assert saturated_background(0)[0] == 0  # the clutter is dull: no saturated background pixel
+    n, same_gt = saturated_background(2)
+    assert n > 8 * 50, n  # decoy parts: saturated pixels that are background
+    assert same_gt >= 6, same_gt  # the objects are drawn first: same ground truth (unless a scene is redrawn)
+    with pytest.raises(ValueError, match="decoys need part_colours one_hue"):
+        generate_synthetic_voc(Path("unused"), decoys=1)
 
 
 @pytest.mark.parametrize("scene", ["round", "elongated"])

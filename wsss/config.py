@@ -77,6 +77,10 @@ class SyntheticConfig:
     # elongated bodies with the part at one end; parts in two palette colours or one hue in two shades
     scene: Literal["round", "elongated"] = "round"
     part_colours: Literal["pairs", "one_hue"] = "pairs"
+    # objects of no class (background in the GT): 0 to this many per image, their parts in
+    # hues between the classes' (one_hue only); without them an object whose part the
+    # network does not know already names the one class left
+    decoys: int = 0
 
 
 @dataclass

@@ -214,8 +214,54 @@ def _clutter_texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return a[None, None] * (1 - mix[..., None]) + b[None, None] * mix[..., None]
 
 
+def _place_object(rng: np.random.Generator, scene: str, size: int, h: int, w: int):
+    """An object's body polygon, its mask and its part box (x0, y0, x1, y1), or None when the
+    draw does not fit (too small a body, or no place for the part inside it)."""
+    # bodies span several cells of a stride-16 CAM, so a part's blob cannot cover them
+    if scene == "elongated":
+        r, rot = rng.uniform(0.34, 0.46) * size, rng.uniform(0, np.pi)
+        cx, cy = rng.uniform(r * 0.6, w - r * 0.6), rng.uniform(r * 0.6, h - r * 0.6)
+        poly = _blob_polygon(rng, cx, cy, r, aspect_range=(0.4, 0.55), rot=rot)
+    else:
+        r = rng.uniform(0.24, 0.36) * size
+        cx, cy = rng.uniform(r * 0.8, w - r * 0.8), rng.uniform(r * 0.8, h - r * 0.8)
+        poly = _blob_polygon(rng, cx, cy, r)
+    body = _poly_mask(poly, h, w)
+    if body.sum() < 50:
+        return None
+    part = max(6, int(round(size * PART_FRACTION)))
+    # the part sits fully inside the body, away from its edge
+    ys, xs = np.nonzero(body)
+    for _p in range(30):
+        if scene == "elongated":  # 50-70% of the half-length from the centre, moving inwards on retries
+            d = rng.uniform(0.5, 0.7) * r * (1 if rng.random() < 0.5 else -1) * (1 - _p / 30)
+            x0 = int(round(cx + d * np.cos(rot))) - part // 2
+            y0 = int(round(cy + d * np.sin(rot))) - part // 2
+        else:
+            j = int(rng.integers(len(ys)))
+            x0, y0 = int(xs[j]) - part // 2, int(ys[j]) - part // 2
+        if x0 < 0 or y0 < 0 or x0 + part > w or y0 + part > h:
+            continue
+        if body[max(y0 - 2, 0):y0 + part + 2, max(x0 - 2, 0):x0 + part + 2].all():
+            return poly, body, (x0, y0, x0 + part, y0 + part)
+    return None
+
+
+def decoy_style(rng: np.random.Generator, styles: list[ClassStyle]) -> ClassStyle:
+    """A decoy's part: a saturated hue half-way between two neighbouring class hues (one_hue
+    parts; jittered by up to 0.02) in the light and dark shades and any pattern. It names no
+    class, so an object whose part the network does not know is no evidence for any class."""
+    hues = sorted({round(colorsys.rgb_to_hsv(*(v / 255.0 for v in st.part_a))[0], 4) for st in styles})
+    if len(hues) < 2:
+        raise ValueError("decoys need at least two part hues (part_colours one_hue, two or more classes)")
+    i = int(rng.integers(len(hues) - 1))
+    hue = (hues[i] + hues[i + 1]) / 2 + rng.uniform(-0.02, 0.02)
+    patterns = tuple("ring" if p == "border" else p for p in _PATTERNS)
+    return ClassStyle(_rgb8(hue, 0.85, 0.95), _rgb8(hue, 0.9, 0.45), patterns[int(rng.integers(len(patterns)))])
+
+
 def render_scene(rng: np.random.Generator, size: int, styles: list[ClassStyle], max_tries: int = 20,
-                 hw: tuple[int, int] | None = None, scene: str = "round"):
+                 hw: tuple[int, int] | None = None, scene: str = "round", decoys: int = 0):
     """One image (uint8 HWC), its label mask (0 = bg, c+1), its part mask (c+1 where an
     object's part is visible, else 0) and the instances.
 
@@ -223,7 +269,10 @@ def render_scene(rng: np.random.Generator, size: int, styles: list[ClassStyle], 
     ``scene``: "round" bodies (radius 24-36% of the shorter side) with the part anywhere
     inside, or "elongated" ones (half-length 34-46%, width 40-55% of the length) with the part
     near one end of the long axis, as a head: the part's blob in a coarse CAM then leaves the
-    far end of the body uncovered."""
+    far end of the body uncovered.
+    ``decoys``: up to this many objects of no class (0 to ``decoys`` per image, drawn under the
+    class objects, labelled background): a body with a part in a hue no class has
+    (:func:`decoy_style`)."""
     if scene not in SCENES:
         raise ValueError(f"scene must be one of {SCENES}, not {scene!r}")
     h, w = hw if hw is not None else (size, size)
@@ -248,42 +297,22 @@ def render_scene(rng: np.random.Generator, size: int, styles: list[ClassStyle], 
         instances = []
         for _o in range(n_obj):
             c = int(rng.integers(k))
-            # bodies span several cells of a stride-16 CAM, so a part's blob cannot cover them
-            if scene == "elongated":
-                r, rot = rng.uniform(0.34, 0.46) * size, rng.uniform(0, np.pi)
-                cx, cy = rng.uniform(r * 0.6, w - r * 0.6), rng.uniform(r * 0.6, h - r * 0.6)
-                poly = _blob_polygon(rng, cx, cy, r, aspect_range=(0.4, 0.55), rot=rot)
-            else:
-                r = rng.uniform(0.24, 0.36) * size
-                cx, cy = rng.uniform(r * 0.8, w - r * 0.8), rng.uniform(r * 0.8, h - r * 0.8)
-                poly = _blob_polygon(rng, cx, cy, r)
-            body = _poly_mask(poly, h, w)
-            if body.sum() < 50:
-                continue
-            part = max(6, int(round(size * PART_FRACTION)))
-            # the part sits fully inside the body, away from its edge
-            ys, xs = np.nonzero(body)
-            ok = False
-            for _p in range(30):
-                if scene == "elongated":  # 50-70% of the half-length from the centre, moving inwards on retries
-                    d = rng.uniform(0.5, 0.7) * r * (1 if rng.random() < 0.5 else -1) * (1 - _p / 30)
-                    x0 = int(round(cx + d * np.cos(rot))) - part // 2
-                    y0 = int(round(cy + d * np.sin(rot))) - part // 2
-                else:
-                    j = int(rng.integers(len(ys)))
-                    x0, y0 = int(xs[j]) - part // 2, int(ys[j]) - part // 2
-                if x0 < 0 or y0 < 0 or x0 + part > w or y0 + part > h:
-                    continue
-                if body[max(y0 - 2, 0):y0 + part + 2, max(x0 - 2, 0):x0 + part + 2].all():
-                    ok = True
-                    break
-            if not ok:
-                continue
-            instances.append(Instance(c, poly, (x0, y0, x0 + part, y0 + part), mask=body))
+            placed = _place_object(rng, scene, size, h, w)
+            if placed is not None:
+                instances.append(Instance(c, placed[0], placed[2], mask=placed[1]))
         if not instances:
             continue
         # largest first, so smaller objects lie on top (the COCO overlap rule of prepare_coco)
         instances.sort(key=lambda inst: -int(inst.mask.sum()))
+        decoy_objects = []
+        for _d in range(int(rng.integers(decoys + 1)) if decoys else 0):
+            placed = _place_object(rng, scene, size, h, w)
+            if placed is not None:
+                decoy_objects.append((placed[1], placed[2], decoy_style(rng, styles)))
+        for body, (x0, y0, x1, y1), style in decoy_objects:  # under the class objects, background in the GT
+            tex = _body_texture(rng, h, w, yy, xx, size)
+            img[body] = tex[body]
+            img[y0:y1, x0:x1] = _part_pattern(style, x1 - x0)
         label = np.zeros((h, w), np.uint8)
         owner = np.full((h, w), -1, np.int32)
         for i, inst in enumerate(instances):
@@ -414,12 +443,12 @@ def generate_synthetic_voc(root: str | os.PathLike, seed: int = 0, image_size: i
                            num_aug: int = 700, num_val: int = 100, num_test: int = 20, num_classes: int = 5,
                            classes: list[str] | None = None, write_coco: bool = False, verbose: bool = False,
                            width_range=None, height_range=None, voc_sizes: bool = False, scene: str = "round",
-                           part_colours: str = "pairs") -> dict:
+                           part_colours: str = "pairs", decoys: int = 0) -> dict:
     """Write the synthetic mini-VOC under ``root`` (the VOC2012-style folder); return a summary.
 
     Images are ``image_size`` squares unless ``width_range``/``height_range`` or ``voc_sizes``
-    ask for non-square ones (see :func:`image_sizes`). ``scene`` and ``part_colours``: see
-    :func:`render_scene` and :func:`class_styles` (the defaults draw the images they always did)."""
+    ask for non-square ones (see :func:`image_sizes`). ``scene``, ``decoys`` and ``part_colours``:
+    see :func:`render_scene` and :func:`class_styles` (the defaults draw the images they always did)."""
     from wsss.data.voc import prepare_voc
 
     t0 = time.time()
@@ -432,6 +461,10 @@ def generate_synthetic_voc(root: str | os.PathLike, seed: int = 0, image_size: i
     if len(classes) != num_classes:
         raise ValueError("len(classes) must equal num_classes")
     styles = class_styles(num_classes, part_colours)
+    if decoys < 0:
+        raise ValueError(f"decoys must be >= 0, not {decoys}")
+    if decoys and part_colours != "one_hue":
+        raise ValueError("decoys need part_colours one_hue (their parts take the hues between the classes')")
     rng = np.random.default_rng(seed)
     # ids look like VOC's (year_number); each split gets its own year
     splits = {
@@ -448,7 +481,7 @@ def generate_synthetic_voc(root: str | os.PathLike, seed: int = 0, image_size: i
     for split, ids in splits.items():
         for image_id in ids:
             hw = next(sizes)
-            img, label, parts, instances = render_scene(rng, image_size, styles, hw=hw, scene=scene)
+            img, label, parts, instances = render_scene(rng, image_size, styles, hw=hw, scene=scene, decoys=decoys)
             records[image_id] = instances
             write_image(root / "JPEGImages" / f"{image_id}.jpg", img, quality=92)
             atomic_write_text(root / "Annotations" / f"{image_id}.xml", _annotation_xml(image_id, hw, instances, classes))
@@ -471,7 +504,7 @@ def generate_synthetic_voc(root: str | os.PathLike, seed: int = 0, image_size: i
     # the same label builder a VOC user runs (it also rebuilds train_aug from SegmentationClassAug - val)
     report = prepare_voc(root, classes=classes, strict_standard=False)
     atomic_write_json(root / RECORD, _settings(seed, image_size, num_train, num_aug, num_val, num_test, num_classes, write_coco,
-                                               width_range, height_range, voc_sizes, scene, part_colours))
+                                               width_range, height_range, voc_sizes, scene, part_colours, decoys))
     assert report["counts"]["train_aug"] == len(lists["train_aug"]), report["counts"]
     if write_coco:
         _write_coco(root, {"train_aug": lists["train_aug"], "val": lists["val"]}, records, classes,
@@ -506,7 +539,7 @@ RECORD = "synthetic.json"  # in the data root: the settings and generator versio
 
 
 def _settings(seed, image_size, num_train, num_aug, num_val, num_test, num_classes, write_coco, width_range=None,
-              height_range=None, voc_sizes=False, scene="round", part_colours="pairs") -> dict:
+              height_range=None, voc_sizes=False, scene="round", part_colours="pairs", decoys=0) -> dict:
     out = {"version": GENERATOR_VERSION, "seed": seed, "image_size": image_size, "num_train": num_train,
            "num_aug": num_aug, "num_val": num_val, "num_test": num_test, "num_classes": num_classes,
            "write_coco": bool(write_coco), "width_range": list(width_range) if width_range else None,
@@ -516,6 +549,8 @@ def _settings(seed, image_size, num_train, num_aug, num_val, num_test, num_class
         out["scene"] = scene
     if part_colours != "pairs":
         out["part_colours"] = part_colours
+    if decoys:
+        out["decoys"] = int(decoys)
     return out
 
 
@@ -547,7 +582,7 @@ def ensure_synthetic(cfg) -> bool:
     root = Path(cfg.data.root)
     s = cfg.data.synthetic
     want = _settings(s.seed, s.image_size, s.num_train, s.num_aug, s.num_val, s.num_test, s.num_classes, s.write_coco,
-                     s.width_range, s.height_range, s.voc_sizes, s.scene, s.part_colours)
+                     s.width_range, s.height_range, s.voc_sizes, s.scene, s.part_colours, s.decoys)
     if (root / "cls_labels.json").is_file():
         have = read_json(root / RECORD) if (root / RECORD).is_file() else {}
         if have != want:
@@ -566,7 +601,7 @@ def ensure_synthetic(cfg) -> bool:
         generate_synthetic_voc(tmp, seed=s.seed, image_size=s.image_size, num_train=s.num_train, num_aug=s.num_aug,
                                num_val=s.num_val, num_test=s.num_test, num_classes=s.num_classes, write_coco=s.write_coco,
                                width_range=s.width_range, height_range=s.height_range, voc_sizes=s.voc_sizes,
-                               scene=s.scene, part_colours=s.part_colours)
+                               scene=s.scene, part_colours=s.part_colours, decoys=s.decoys)
         if root.exists():
             root.rmdir()
         root.parent.mkdir(parents=True, exist_ok=True)
