@@ -9,7 +9,10 @@ the part and little of the body (the gap PPL and GSLM exist to close). The body'
 never occurs in the background, and the background clutter is dull (never the parts'
 saturated colours), so a good CAM does not flood into the background. Bodies are
 striped and shaded so that a colour-driven CRF cannot fill them by itself.
-docs/synthetic_bench.md measures this premise on every bench run.
+docs/synthetic_bench.md measures this premise on every bench run. Opt-in settings draw
+other scenes (:func:`render_scene`): elongated bodies with the part at one end, parts in one
+hue, and decoys, objects of no class (background), without which a classifier can name the
+last class it learns by elimination (an object whose part is none of the others').
 
 Everything is deterministic from the seed. Output:
 
