@@ -231,6 +231,8 @@ RENDERERS = {
     "demo": lambda d: render_demo(d["demo"], d.get("compare")),
     "compare": lambda d: render_compare(d["compare"]),
     "compare_elongated": lambda d: render_compare(d["compare_elongated"]),
+    "compare_decoys": lambda d: render_compare(d["compare_decoys"]),
+    "gslm_rounds_decoys": lambda d: render_gslm_rounds(d["compare_decoys"]),
     "gslm_rounds": lambda d: render_gslm_rounds(d["compare"]),
     "benchmark": lambda d: render_benchmark(d["benchmark"]),
     "benchmark_reference": lambda d: render_benchmark_reference(d["benchmark_reference"]),
