@@ -47,7 +47,7 @@ def _train_cmd(root: Path, work: Path, *extra: str) -> list[str]:
 def test_killed_and_resumed_run_equals_uninterrupted(tiny_root, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     ref = tmp_path / "ref"
-    run_script_here("train_cam.py", *_train_cmd(tiny_root, ref)[2:], check=True)  # uninterrupted, in this process
+    run_script_here(*_train_cmd(tiny_root, ref)[1:], check=True)  # uninterrupted, in this process
     work = tmp_path / "killed"
     last = work / "checkpoints" / "last.pth"
     kill_when(_train_cmd(tiny_root, work), lambda: last.is_file() and load_checkpoint(last)["step"] >= 6, timeout=240, env=env)

@@ -35,7 +35,7 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
 def _run_here(cmd: list[str]) -> subprocess.CompletedProcess:
     """An uninterrupted reference run, in this process (``runtime.threads`` in ``cmd`` gives it
     the children's thread count, so the same float reductions)."""
-    return run_script_here(Path(cmd[1]).name, *cmd[2:], check=True)
+    return run_script_here(*cmd[1:], check=True)
 
 
 def _no_temp_files(*dirs: Path) -> None:

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -28,16 +27,6 @@ def _run(cmd):
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return p.stdout
-
-
-def _here(cmd):
-    """``cmd`` (a run_pipeline command line) as __main__ in this process; its stdout."""
-    from wsss.workdir import release_all
-
-    try:
-        return run_script_here(Path(cmd[1]).name, *cmd[2:], check=True).stdout
-    finally:
-        release_all()
 
 
 @pytest.mark.slow
@@ -76,9 +65,9 @@ def test_pipeline_interrupted_resumed_skipped_and_summarised(tiny_root, tmp_path
     assert os.path.isfile(vis)
 
     # 3) a rerun skips every stage; --force redoes the named one only (both in this process)
-    out = _here(_cmd(tiny_root, work))
+    out = run_script_here(*_cmd(tiny_root, work)[1:], check=True).stdout
     assert out.count("finished earlier") == 7
-    out = _here(_cmd(tiny_root, work, "--force", "eval_cam", "--stages", "eval_cam,eval_pseudo"))
+    out = run_script_here(*_cmd(tiny_root, work, "--force", "eval_cam", "--stages", "eval_cam,eval_pseudo")[1:], check=True).stdout
     assert "[pipeline] eval_cam ..." in out and "eval_pseudo: finished earlier" in out
 
 
@@ -98,13 +87,8 @@ def _pipeline_cmd(root, work, *extra):
 
 def _script_here(root, work, *extra):
     """scripts/run_pipeline.py as __main__ in this process (its command line, exit code and
-    messages); the lock is given back after."""
-    from wsss.workdir import release_all
-
-    try:
-        return run_script_here("run_pipeline.py", *_pipeline_cmd(root, work, *extra)[2:])
-    finally:
-        release_all()
+    messages; its run_script wrapper gives the lock back)."""
+    return run_script_here(*_pipeline_cmd(root, work, *extra)[1:])
 
 
 def _in_process(root, work, *overrides, stages=ABLATION, **kw):

@@ -100,21 +100,22 @@ def part_reliance(cfg: Config) -> dict:
     from wsss.data.voc import VOCLayout
 
     device = _enter(cfg)
-    if not VOCLayout(cfg.data.root).part_dir.is_dir():
-        raise DataError(f"{VOCLayout(cfg.data.root).part_dir}: no part masks (part_reliance needs the synthetic data)")
+    part_dir = VOCLayout(cfg.data.root).part_dir
+    if not part_dir.is_dir():
+        raise DataError(f"{part_dir}: no part masks (part_reliance needs the synthetic data)")
     model = load_cam_model(cfg, cfg.cam.checkpoint, device)
     names = ImageLabels.load(cfg.data.label_file, cfg.data.num_classes).classes
     out = measure(model, cfg.data.root, cfg.eval_cam.split, cfg.data.num_classes, cfg.train.aug.mean, cfg.train.aug.std,
                   device, names)
     rows = [[c, fmt(m["with_part"]), fmt(m["part_erased"]), fmt(m["absent"]), m["images"], "yes" if m["without_part"] else "no"]
             for c, m in out["per_class"].items()]
-    md = (f"# Part reliance ({out['split']}, {out['num_images']} images)\n\n"
-          + md_table(["class", "score with part (%)", "part erased (%)", "class absent (%)", "images", "recognised without its part"], rows))
+    table = md_table(["class", "score with part (%)", "part erased (%)", "class absent (%)", "images", "recognised without its part"], rows)
+    md = f"# Part reliance ({out['split']}, {out['num_images']} images)\n\n{table}"
     without = ", ".join(out["recognised_without_part"]) or "none"
     line = f"classes recognised without their part (mean score with the part erased >= {fmt(out['limit'])}%): {without}"
     if is_main():
         j, _ = save_metrics(cfg, "part_reliance", out, md + "\n" + line + "\n")
-        print(md_table(["class", "score with part (%)", "part erased (%)", "class absent (%)", "images", "recognised without its part"], rows))
+        print(table)
         print(line)
         print(f"saved {j}")
     return out

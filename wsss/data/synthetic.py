@@ -48,6 +48,8 @@ _PART_COLOURS = [
     (0, 0, 128), (255, 255, 255), (0, 0, 0), (128, 128, 128),
 ]
 _PATTERNS = ("checker", "hstripe", "vstripe", "border", "diag")
+# one_hue parts and decoys: the border becomes a ring as wide as the other patterns' bars
+_ONE_HUE_PATTERNS = tuple("ring" if p == "border" else p for p in _PATTERNS)
 # The premise of the bench (docs/synthetic_bench.md): the *part* alone names the class; the
 # *body* is one texture family shared by every class (learnable, never class-specific) whose
 # hue occurs neither in the background nor in any part; the clutter is dull (saturation <= 0.3),
@@ -106,7 +108,7 @@ def _one_hue_styles(num_classes: int) -> list[ClassStyle]:
         raise ValueError(f"synthetic data with one-hue parts supports at most {MAX_PART_HUES * len(_PATTERNS)} classes")
     lo, span = BODY_HUE + PART_HUE_GAP, 1.0 - 2 * PART_HUE_GAP
     hues = [lo + span * i / max(k - 1, 1) for i in range(k)]
-    patterns = tuple("ring" if p == "border" else p for p in _PATTERNS)
+    patterns = _ONE_HUE_PATTERNS
     return [ClassStyle(_rgb8(hues[c % k], 0.85, 0.95), _rgb8(hues[c % k], 0.9, 0.45), patterns[(c + c // k) % len(patterns)])
             for c in range(num_classes)]
 
@@ -259,8 +261,7 @@ def decoy_style(rng: np.random.Generator, styles: list[ClassStyle]) -> ClassStyl
         raise ValueError("decoys need at least two part hues (part_colours one_hue, two or more classes)")
     i = int(rng.integers(len(hues) - 1))
     hue = (hues[i] + hues[i + 1]) / 2 + rng.uniform(-0.02, 0.02)
-    patterns = tuple("ring" if p == "border" else p for p in _PATTERNS)
-    return ClassStyle(_rgb8(hue, 0.85, 0.95), _rgb8(hue, 0.9, 0.45), patterns[int(rng.integers(len(patterns)))])
+    return ClassStyle(_rgb8(hue, 0.85, 0.95), _rgb8(hue, 0.9, 0.45), _ONE_HUE_PATTERNS[int(rng.integers(len(_ONE_HUE_PATTERNS)))])
 
 
 def render_scene(rng: np.random.Generator, size: int, styles: list[ClassStyle], max_tries: int = 20,
