@@ -152,3 +152,38 @@ def test_ground_truth_sr_targets_control(tiny_root, tmp_path):
     assert results["gt"][1] - glm_miou >= 0.05, results
     assert results["gt"][1] > results["sr0"][1], results
     assert results["shifted"][1] <= results["sr0"][1] + 0.01, results
+
+
+def test_gslm_from_a_finished_cam_run_equals_gslm_training_its_glm(tiny_root, tmp_path):
+    """train.init_checkpoint: a finished baseline run as the GLM (train.epochs 0) gives the
+    SLM round the weights GSLM training its own GLM gives, bit for bit (the bench's GSLM arm
+    relies on it); the file's SHA-256 is in the training record, other weights under the
+    same name are refused, a missing file is a one-line error."""
+    from conftest import CONFIGS, assert_same_weights, run_script_here, tiny_overrides
+    from wsss.provenance import file_sha256
+
+    base, own, reuse = tmp_path / "baseline", tmp_path / "gslm_own_glm", tmp_path / "gslm_reused_glm"
+    run_script_here("train_cam.py", "--config", str(CONFIGS / "cam/cam_r18_synthetic.yaml"), *tiny_overrides(tiny_root, base), check=True)
+    src = base / "checkpoints" / "final.pth"
+    gslm = ["--config", str(CONFIGS / "gslm/gslm_r18_synthetic.yaml")]
+    rounds = {"gslm.rounds": 1, "gslm.epochs": 1, "gslm.evaluate": False}
+    run_script_here("train_cam.py", *gslm, *tiny_overrides(tiny_root, own, **rounds), check=True)
+    assert_same_weights(src, own / "checkpoints" / "cam.pth")  # the GLM is the baseline network
+    reused = {**rounds, "train.epochs": 0, "train.init_checkpoint": str(src)}
+    out = run_script_here("train_cam.py", *gslm, *tiny_overrides(tiny_root, reuse, **reused), check=True)
+    assert f"weights before the first phase: {src}" in out.stdout
+    assert_same_weights(own / "checkpoints" / "final.pth", reuse / "checkpoints" / "final.pth")
+    record = json.loads((reuse / "checkpoints" / "made_by.json").read_text())
+    assert record["keys"]["train.init_checkpoint"] == file_sha256(src)
+    # other weights under the same work_dir: the record no longer matches, the run is refused
+    state = torch.load(src, weights_only=True)
+    state["model"]["classifier.weight"] += 1.0
+    other = tmp_path / "other.pth"
+    torch.save(state, other)
+    refused = run_script_here("train_cam.py", *gslm, *tiny_overrides(tiny_root, reuse, **{**reused, "train.init_checkpoint": str(other)}))
+    assert refused.returncode == 2 and "train.init_checkpoint" in refused.stderr, refused.stderr
+    missing = run_script_here("train_cam.py", *gslm, *tiny_overrides(
+        tiny_root, tmp_path / "third", **{**reused, "train.init_checkpoint": str(tmp_path / "none.pth")}))
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == f"config error: train.init_checkpoint: {tmp_path / 'none.pth'}: no such file"
+    assert not list((tmp_path / "third").rglob("*.pth"))

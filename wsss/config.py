@@ -132,6 +132,10 @@ class TrainConfig(ScheduleConfig):
     """train_cam: the CAM network's schedule (the IRN/GSLM recipe by default) and its loop."""
 
     max_steps: int = 0  # > 0 caps the steps of every training phase (smoke runs)
+    # A trained network of this config's model (e.g. another run's checkpoints/final.pth)
+    # loaded whole before the first phase. With epochs: 0 it is taken as it is: a finished
+    # CAM run becomes the GLM of GSLM's rounds without training it again.
+    init_checkpoint: str = ""
     workers: int = 4
     log_interval: int = 20
     ckpt_interval: int = 200  # steps between last.pth saves (and at each phase end)

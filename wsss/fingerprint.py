@@ -55,7 +55,7 @@ HARMLESS_KEYS = frozenset({
     "pretrain",
 })
 # keys whose value stands for a file or folder: provenance puts what they hold in the fingerprint
-CONTENT_KEYS = frozenset({"model.weights", "seg.weights", "seg.mask_dir"})
+CONTENT_KEYS = frozenset({"model.weights", "train.init_checkpoint", "seg.weights", "seg.mask_dir"})
 
 # the shared layer's own registered sections; every other registered section is a method's
 SHARED_SECTIONS = frozenset({"seg", "pipeline", "pretrain"})

@@ -160,7 +160,8 @@ def _stale(stage: str, rec: dict | None, want: dict, cfg: Config, note: str = ""
 
 
 def train_cam_record(cfg: Config) -> dict:
-    return {"stage": "train_cam", "keys": {**stage_keys(cfg, "train_cam"), "model.weights": weights_identity(cfg.model.weights)}}
+    return {"stage": "train_cam", "keys": {**stage_keys(cfg, "train_cam"), "model.weights": weights_identity(cfg.model.weights),
+                                           "train.init_checkpoint": weights_identity(cfg.train.init_checkpoint)}}
 
 
 def _legacy_train_cam(cfg: Config) -> dict | None:

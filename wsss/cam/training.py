@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wsss.config import Config, save_config
+from wsss.config import Config, ConfigError, save_config
 from wsss.data.datasets import ClassificationDataset
 from wsss.data.labels import ImageLabels
 from wsss.data.synthetic import ensure_data
@@ -113,6 +113,8 @@ def cam_phases(cfg: Config) -> list[Phase]:
 
 def train_cam(cfg: Config, resume: bool = True) -> Path:
     """Train the configured CAM model through all its phases; returns checkpoints/final.pth."""
+    if cfg.train.init_checkpoint and not Path(cfg.train.init_checkpoint).is_file():
+        raise ConfigError(f"train.init_checkpoint: {cfg.train.init_checkpoint}: no such file")
     device = setup_runtime(cfg)
     ensure_data(cfg)
     ensure_pretrained(cfg, device)
@@ -120,6 +122,10 @@ def train_cam(cfg: Config, resume: bool = True) -> Path:
     if ctx.is_main:
         save_config(cfg)
     model = build_cam_model(cfg)
+    if cfg.train.init_checkpoint:
+        init = load_checkpoint(cfg.train.init_checkpoint)
+        load_state_dict_checked(model, init.get("model", init), cfg.train.init_checkpoint)
+        ctx.log(f"weights before the first phase: {cfg.train.init_checkpoint}")
     phases = cam_phases(cfg)
     ctx.log(f"training {cfg.model.name} ({cfg.model.backbone}) in {len(phases)} phase(s): {', '.join(p.name for p in phases)}")
     try:
