@@ -9,6 +9,11 @@ with shifted ground-truth SR targets, PPL with cam_source full). Writes <out>/be
     python scripts/compare_methods.py                       # about 70 minutes on 2 CPU cores
     python scripts/compare_methods.py --seeds 0 1 --no-controls train.epochs=3   # overrides go to every run
     python scripts/compare_methods.py --results docs/results/compare.json        # what docs/synthetic_bench.md quotes
+    python scripts/compare_methods.py train.epochs=20 --arms "baseline CAM" GSLM --arm-set GSLM gslm.epochs=20
+
+Overrides go before --arms / --heldout-arms (those take several names). GSLM's GLM is the
+baseline CAM network: its runs start their SLM rounds from the baseline run of the same seed
+and data (``train.init_checkpoint``) unless --train-glm.
 
 Every run is a resumable run_pipeline work_dir under --out: an interrupted bench picks up
 where it stopped.
@@ -26,6 +31,10 @@ def main() -> None:
     p.add_argument("--heldout-data-seed", type=int, default=1, help="the data seed no config was tuned on")
     p.add_argument("--arms", nargs="+", default=None, help="a subset of the arms (names as in the table)")
     p.add_argument("--heldout-arms", nargs="+", default=None, help="the arms run on the held-out data seed (default: all)")
+    p.add_argument("--arm-set", nargs=2, action="append", default=[], metavar=("ARM", "KEY=VALUE"),
+                   help="an override of one arm's runs and controls (repeatable), e.g. --arm-set GSLM gslm.epochs=20")
+    p.add_argument("--train-glm", action="store_true",
+                   help="GSLM trains its own GLM instead of starting from the baseline run of the same seed (the same network)")
     p.add_argument("--no-controls", action="store_true")
     p.add_argument("--collect-only", action="store_true", help="start no run: tabulate the finished ones (an interrupted bench)")
     p.add_argument("--results", default=None, metavar="JSON", help="also publish the bench there, with the machine and commit")
@@ -34,12 +43,15 @@ def main() -> None:
     from tools.compare import ARMS, Bench, run_bench
 
     arms = {k: v for k, v in ARMS.items() if a.arms is None or k in a.arms}
-    for given in (a.arms, a.heldout_arms):
+    for given in (a.arms, a.heldout_arms, [arm for arm, _ in a.arm_set]):
         if given and set(given) - set(ARMS):
             raise SystemExit(f"unknown arm(s): {sorted(set(given) - set(ARMS))}; arms are {list(ARMS)}")
+    arm_sets: dict[str, list[str]] = {}
+    for arm, kv in a.arm_set:
+        arm_sets.setdefault(arm, []).append(kv)
     run_bench(Bench(out=Path(a.out), seeds=a.seeds, heldout_data_seed=a.heldout_data_seed, arms=arms,
                     controls=not a.no_controls, overrides=a.overrides, heldout_arms=a.heldout_arms,
-                    collect_only=a.collect_only), results=a.results)
+                    collect_only=a.collect_only, reuse_glm=not a.train_glm, arm_overrides=arm_sets), results=a.results)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from wsss.cam.premise import check_premise
-from tools.compare import BASELINE, aggregate, data_overrides, verdict, write_shifted_masks
+from tools.compare import ARMS, BASELINE, Bench, aggregate, arm_overrides, data_overrides, verdict, write_shifted_masks
 
 
 def _cam_eval(part, body, prec, rec):
@@ -45,6 +45,19 @@ def test_heldout_data_root_sits_beside_the_benchs_root():
     # a bench on other data (another scene) must not share the default bench's held-out root
     elong = data_overrides(1, 0, ["data.root=data/synthetic_voc_elongated/VOC2012", "train.epochs=10"])
     assert elong[-1] == "data.root=data/synthetic_voc_elongated_seed1/VOC2012"
+
+
+def test_gslm_runs_start_from_the_baseline_run_of_their_seed(tmp_path):
+    """GSLM's GLM is the baseline network: its runs take the baseline run's weights untrained
+    further, after every other override; an arm's own overrides come after the bench's."""
+    b = Bench(out=tmp_path, overrides=["train.epochs=20"], arm_overrides={"GSLM": ["gslm.epochs=20"]})
+    base = tmp_path / "baseline_cam" / "seed1"
+    assert arm_overrides(b, "GSLM", base) == ["train.epochs=20", "gslm.epochs=20", "train.epochs=0",
+                                              f"train.init_checkpoint={base / 'checkpoints' / 'final.pth'}"]
+    assert arm_overrides(b, BASELINE, base) == ["cam.split=train", "pseudo.split=train", "train.epochs=20"]
+    assert arm_overrides(b, "GSLM", None)[-1] == "gslm.epochs=20"  # no baseline run there: GSLM trains its GLM
+    assert "train.epochs=0" not in arm_overrides(Bench(out=tmp_path, reuse_glm=False), "GSLM", base)
+    assert "train.epochs=0" not in arm_overrides(Bench(out=tmp_path, arms={"GSLM": ARMS["GSLM"]}), "GSLM", base)
 
 
 def test_shifted_targets_are_the_rolled_ground_truth(tiny_root, tmp_path):

@@ -47,6 +47,10 @@ ARM_OVERRIDES = {
     "PPL explicit": ["cam.split=train", "pseudo.split=train"],
     "GSLM": [],
 }
+# GSLM's GLM is the baseline CAM network under the baseline's config (the GSLM config adds
+# only its gslm section): when the bench runs the baseline on the same seed and data, the
+# GSLM runs start their rounds from its weights instead of training the same network again
+GLM_OF = {"GSLM": BASELINE}
 # the numbers every run reports, and what the tables call them
 METRICS = {
     "cam_miou": "CAM mIoU",
@@ -93,6 +97,8 @@ class Bench:
     controls: bool = True
     overrides: list[str] = field(default_factory=list)
     heldout_arms: list[str] | None = None  # None: every arm
+    arm_overrides: dict[str, list[str]] = field(default_factory=dict)  # overrides of one arm's runs (and its controls)
+    reuse_glm: bool = True  # GLM_OF: start GSLM's rounds from the baseline run of the same seed and data
     collect_only: bool = False  # no new run: gather the finished ones (an interrupted bench's table)
 
 
@@ -108,6 +114,17 @@ def data_overrides(data_seed: int, default_seed: int = 0, overrides: list[str] =
     root = Path(next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("data.root=")),
                      "data/synthetic_voc/VOC2012"))
     return [f"data.synthetic.seed={data_seed}", f"data.root={root.parent.with_name(f'{root.parent.name}_seed{data_seed}') / root.name}"]
+
+
+def arm_overrides(b: Bench, arm: str, baseline_work: Path | None) -> list[str]:
+    """What an arm's run adds to the bench's overrides: its own (ARM_OVERRIDES, then the
+    user's ``--arm-set``), and for an arm whose GLM is the baseline (GLM_OF) the baseline
+    run's weights as its GLM, untrained further (``baseline_work``: that run's work_dir; None
+    where the bench does not run the baseline there)."""
+    out = [*ARM_OVERRIDES.get(arm, []), *b.overrides, *b.arm_overrides.get(arm, [])]
+    if baseline_work is not None and b.reuse_glm and GLM_OF.get(arm) in b.arms:
+        out += ["train.epochs=0", f"train.init_checkpoint={baseline_work / 'checkpoints' / 'final.pth'}"]
+    return out
 
 
 def run_one(name: str, config: str, work: Path, overrides: list[str], stages: str, collect_only: bool = False) -> dict | None:
@@ -200,8 +217,8 @@ def run_bench(b: Bench, results: str | None = None) -> dict:
         for seed in b.seeds:
             work = b.out / slug(arm) / f"seed{seed}"
             row = run_one(f"{arm}, seed {seed}", config, work,
-                          [*ARM_OVERRIDES.get(arm, []), *b.overrides, *data_overrides(b.data_seed, 0, b.overrides), f"seed={seed}"], STAGES,
-                          b.collect_only)
+                          [*arm_overrides(b, arm, b.out / slug(BASELINE) / f"seed{seed}"),
+                           *data_overrides(b.data_seed, 0, b.overrides), f"seed={seed}"], STAGES, b.collect_only)
             if row is not None:
                 runs.setdefault(arm, []).append({"seed": seed, **row})
     controls = []
@@ -217,13 +234,15 @@ def run_bench(b: Bench, results: str | None = None) -> dict:
                 continue
             over = list(c.overrides)
             if any("{shifted}" in o for o in over):
-                shifted = shifted or write_shifted_masks(root, b.out / "shifted_gt")
+                # (--collect-only starts no run: the folder's name is all it needs)
+                shifted = shifted or (b.out / "shifted_gt" if b.collect_only else write_shifted_masks(root, b.out / "shifted_gt"))
                 over = [o.replace("{shifted}", str(shifted)) for o in over]
             if c.weights_of:
                 over.append(f"cam.checkpoint={b.out / slug(c.weights_of) / f'seed{b.seeds[0]}' / 'checkpoints' / 'final.pth'}")
             work = b.out / "controls" / slug(c.name)
-            row = run_one(c.name, b.arms[c.arm], work, [*ARM_OVERRIDES.get(c.arm, []), *b.overrides, *data_overrides(b.data_seed, 0, b.overrides),
-                                                         f"seed={b.seeds[0]}", *over], c.stages, b.collect_only)
+            row = run_one(c.name, b.arms[c.arm], work,
+                          [*arm_overrides(b, c.arm, b.out / slug(BASELINE) / f"seed{b.seeds[0]}"),
+                           *data_overrides(b.data_seed, 0, b.overrides), f"seed={b.seeds[0]}", *over], c.stages, b.collect_only)
             if row is not None:
                 controls.append({"name": c.name, "arm": c.arm, "overrides": c.overrides, "expect": c.expect, **row})
     heldout = {}
@@ -232,14 +251,15 @@ def run_bench(b: Bench, results: str | None = None) -> dict:
             continue
         work = b.out / "heldout" / slug(arm)
         row = run_one(f"{arm}, held-out data seed {b.heldout_data_seed}", config, work,
-                      [*ARM_OVERRIDES.get(arm, []), *b.overrides, *data_overrides(b.heldout_data_seed, b.data_seed, b.overrides),
-                       f"seed={b.seeds[0]}"], STAGES, b.collect_only)
+                      [*arm_overrides(b, arm, b.out / "heldout" / slug(BASELINE) if b.heldout_arms is None or BASELINE in b.heldout_arms else None),
+                       *data_overrides(b.heldout_data_seed, b.data_seed, b.overrides), f"seed={b.seeds[0]}"], STAGES, b.collect_only)
         if row is not None:
             heldout[arm] = {"seed": b.seeds[0], **row}
     missing = [f"{arm} seed {sd}" for arm in b.arms for sd in b.seeds if sd not in [r["seed"] for r in runs.get(arm, [])]]
     missing += [f"control: {c.name}" for c in CONTROLS if b.controls and c.arm in b.arms and c.name not in [x["name"] for x in controls]]
     missing += [f"held-out: {arm}" for arm in b.arms if (b.heldout_arms is None or arm in b.heldout_arms) and arm not in heldout]
     data = {"seeds": b.seeds, "not_run": missing, "data_seed": b.data_seed, "heldout_data_seed": b.heldout_data_seed, "overrides": b.overrides,
+            "arm_overrides": b.arm_overrides, "glm_of": {a: g for a, g in GLM_OF.items() if b.reuse_glm and a in b.arms and g in b.arms},
             "stages": STAGES, "runs": runs, "aggregate": aggregate(runs), "heldout": heldout, "controls": controls,
             "premise": premise_summary(runs.get(BASELINE, []), heldout.get(BASELINE)),
             "control_checks": control_checks(runs, controls), "wall_seconds": round(time.perf_counter() - t0, 1),

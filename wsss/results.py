@@ -289,6 +289,12 @@ def render_bench(d: dict) -> str:
     md = (f"## Arms: training seeds {', '.join(map(str, d['seeds']))} on data seed {d['data_seed']} (mean ± std over the n seeds run)\n\n"
           + md_table(["arm", "CAM mIoU", "CAM+CRF mIoU", "pseudo-mask mIoU", "part covered", "body covered",
                       "background FP", "CAM mIoU vs baseline", "verdict (> 2 std of baseline)"], rows))
+    glm_of, arm_set = d.get("glm_of") or {}, d.get("arm_overrides") or {}
+    notes = [f"{arm} starts its rounds from the {glm} run of the same seed and data (its GLM: the same network, "
+             "`train.init_checkpoint`)" for arm, glm in glm_of.items()]
+    notes += [f"{arm}'s runs and controls add `{' '.join(over)}`" for arm, over in arm_set.items()]
+    if notes:
+        md += "\n" + "".join(f"* {n}.\n" for n in notes)
     h = d["heldout"]
     if h:
         base = h.get(BASELINE, {}).get("cam_miou")
@@ -313,14 +319,17 @@ def render_bench(d: dict) -> str:
     md += (f"\n## Premise (baseline runs)\n\n{'met' if p['ok'] else '**not met**'}: it holds in {p['runs'] - len(p['failed'])} of "
            f"{p['runs']} baseline runs (parts >= 90% covered, bodies <= 60%, every class's precision above its recall, "
            "pseudo-mask precision >= 80%)\n")
-    base_runs = d["runs"].get(BASELINE, [])
-    if base_runs and base_runs[0].get("premise"):
+    base_runs = [(r["seed"], r) for r in d["runs"].get(BASELINE, [])]
+    held = d["heldout"].get(BASELINE)
+    if held and held.get("premise"):
+        base_runs.append((f"{held['seed']}, held-out data seed {d['heldout_data_seed']}", held))
+    if base_runs and base_runs[0][1].get("premise"):
         md += "\n" + md_table(["seed", "parts covered", "bodies covered", "flooding classes", "pseudo precision", "ok"],
-                              [[r["seed"], _p(r["premise"]["checks"]["parts_covered"]["value"]),
+                              [[seed, _p(r["premise"]["checks"]["parts_covered"]["value"]),
                                 _p(r["premise"]["checks"]["bodies_not_covered"]["value"]),
                                 ", ".join(r["premise"]["checks"]["no_flooding"]["value"]) or "none",
                                 _p(r["premise"]["checks"].get("pseudo_precision", {}).get("value")),
-                                "yes" if r["premise"]["ok"] else "**no**"] for r in base_runs])
+                                "yes" if r["premise"]["ok"] else "**no**"] for seed, r in base_runs])
     return md
 
 
