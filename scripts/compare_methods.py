@@ -9,7 +9,7 @@ with shifted ground-truth SR targets, PPL with cam_source full). Writes <out>/be
     python scripts/compare_methods.py                       # about 70 minutes on 2 CPU cores
     python scripts/compare_methods.py --seeds 0 1 --no-controls train.epochs=3   # overrides go to every run
     python scripts/compare_methods.py --results docs/results/compare.json        # what docs/synthetic_bench.md quotes
-    python scripts/compare_methods.py train.epochs=20 --arms "baseline CAM" GSLM --arm-set GSLM gslm.epochs=20
+    python scripts/compare_methods.py train.epochs=20 --arms "baseline CAM" GSLM --arm-set GSLM gslm.beta=3
 
 Overrides go before --arms / --heldout-arms (those take several names). GSLM's GLM is the
 baseline CAM network: its runs start their SLM rounds from the baseline run of the same seed
@@ -32,7 +32,7 @@ def main() -> None:
     p.add_argument("--arms", nargs="+", default=None, help="a subset of the arms (names as in the table)")
     p.add_argument("--heldout-arms", nargs="+", default=None, help="the arms run on the held-out data seed (default: all)")
     p.add_argument("--arm-set", nargs=2, action="append", default=[], metavar=("ARM", "KEY=VALUE"),
-                   help="an override of one arm's runs and controls (repeatable), e.g. --arm-set GSLM gslm.epochs=20")
+                   help="an override of one arm's runs and controls (repeatable), e.g. --arm-set GSLM gslm.beta=3")
     p.add_argument("--train-glm", action="store_true",
                    help="GSLM trains its own GLM instead of starting from the baseline run of the same seed (the same network)")
     p.add_argument("--no-controls", action="store_true")
