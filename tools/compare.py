@@ -116,13 +116,24 @@ def data_overrides(data_seed: int, default_seed: int = 0, overrides: list[str] =
     return [f"data.synthetic.seed={data_seed}", f"data.root={root.parent.with_name(f'{root.parent.name}_seed{data_seed}') / root.name}"]
 
 
+def seed_dir(b: Bench, arm: str, seed: int) -> Path:
+    """The work_dir of an arm's run with a training seed on the bench's data seed."""
+    return b.out / slug(arm) / f"seed{seed}"
+
+
+def glm_source(b: Bench, arm: str) -> str | None:
+    """The arm whose runs give ``arm`` its GLM in this bench (GLM_OF), or None: it trains its own."""
+    src = GLM_OF.get(arm)
+    return src if b.reuse_glm and src in b.arms else None
+
+
 def arm_overrides(b: Bench, arm: str, baseline_work: Path | None) -> list[str]:
     """What an arm's run adds to the bench's overrides: its own (ARM_OVERRIDES, then the
     user's ``--arm-set``), and for an arm whose GLM is the baseline (GLM_OF) the baseline
     run's weights as its GLM, untrained further (``baseline_work``: that run's work_dir; None
     where the bench does not run the baseline there)."""
     out = [*ARM_OVERRIDES.get(arm, []), *b.overrides, *b.arm_overrides.get(arm, [])]
-    if baseline_work is not None and b.reuse_glm and GLM_OF.get(arm) in b.arms:
+    if baseline_work is not None and glm_source(b, arm):
         out += ["train.epochs=0", f"train.init_checkpoint={baseline_work / 'checkpoints' / 'final.pth'}"]
     return out
 
@@ -215,9 +226,9 @@ def run_bench(b: Bench, results: str | None = None) -> dict:
     runs: dict[str, list[dict]] = {}
     for arm, config in b.arms.items():
         for seed in b.seeds:
-            work = b.out / slug(arm) / f"seed{seed}"
+            work = seed_dir(b, arm, seed)
             row = run_one(f"{arm}, seed {seed}", config, work,
-                          [*arm_overrides(b, arm, b.out / slug(BASELINE) / f"seed{seed}"),
+                          [*arm_overrides(b, arm, seed_dir(b, BASELINE, seed)),
                            *data_overrides(b.data_seed, 0, b.overrides), f"seed={seed}"], STAGES, b.collect_only)
             if row is not None:
                 runs.setdefault(arm, []).append({"seed": seed, **row})
@@ -238,10 +249,10 @@ def run_bench(b: Bench, results: str | None = None) -> dict:
                 shifted = shifted or (b.out / "shifted_gt" if b.collect_only else write_shifted_masks(root, b.out / "shifted_gt"))
                 over = [o.replace("{shifted}", str(shifted)) for o in over]
             if c.weights_of:
-                over.append(f"cam.checkpoint={b.out / slug(c.weights_of) / f'seed{b.seeds[0]}' / 'checkpoints' / 'final.pth'}")
+                over.append(f"cam.checkpoint={seed_dir(b, c.weights_of, b.seeds[0]) / 'checkpoints' / 'final.pth'}")
             work = b.out / "controls" / slug(c.name)
             row = run_one(c.name, b.arms[c.arm], work,
-                          [*arm_overrides(b, c.arm, b.out / slug(BASELINE) / f"seed{b.seeds[0]}"),
+                          [*arm_overrides(b, c.arm, seed_dir(b, BASELINE, b.seeds[0])),
                            *data_overrides(b.data_seed, 0, b.overrides), f"seed={b.seeds[0]}", *over], c.stages, b.collect_only)
             if row is not None:
                 controls.append({"name": c.name, "arm": c.arm, "overrides": c.overrides, "expect": c.expect, **row})
@@ -259,7 +270,7 @@ def run_bench(b: Bench, results: str | None = None) -> dict:
     missing += [f"control: {c.name}" for c in CONTROLS if b.controls and c.arm in b.arms and c.name not in [x["name"] for x in controls]]
     missing += [f"held-out: {arm}" for arm in b.arms if (b.heldout_arms is None or arm in b.heldout_arms) and arm not in heldout]
     data = {"seeds": b.seeds, "not_run": missing, "data_seed": b.data_seed, "heldout_data_seed": b.heldout_data_seed, "overrides": b.overrides,
-            "arm_overrides": b.arm_overrides, "glm_of": {a: g for a, g in GLM_OF.items() if b.reuse_glm and a in b.arms and g in b.arms},
+            "arm_overrides": b.arm_overrides, "glm_of": {a: glm_source(b, a) for a in b.arms if glm_source(b, a)},
             "stages": STAGES, "runs": runs, "aggregate": aggregate(runs), "heldout": heldout, "controls": controls,
             "premise": premise_summary(runs.get(BASELINE, []), heldout.get(BASELINE)),
             "control_checks": control_checks(runs, controls), "wall_seconds": round(time.perf_counter() - t0, 1),

@@ -33,13 +33,19 @@ def build_cam_model(cfg: Config, pretrained: bool = True) -> nn.Module:
     return model_builder(cfg.model.name)(cfg)
 
 
-def load_cam_model(cfg: Config, checkpoint: str | Path, device: torch.device | None = None) -> nn.Module:
-    """Build the configured model and load trained weights; a checkpoint of another
-    architecture or class count fails with the list of tensors that do not fit."""
-    model = build_cam_model(cfg, pretrained=False)
+def load_trained_weights(model: nn.Module, checkpoint: str | Path) -> nn.Module:
+    """A trained checkpoint's tensors into ``model`` (a checkpoint of another architecture or
+    class count fails with the list of tensors that do not fit)."""
     state = load_checkpoint(checkpoint)
     sd = state.get("model", state) if isinstance(state, dict) else state
     load_state_dict_checked(model, sd, str(checkpoint))
+    return model
+
+
+def load_cam_model(cfg: Config, checkpoint: str | Path, device: torch.device | None = None) -> nn.Module:
+    """Build the configured model and load trained weights; a checkpoint of another
+    architecture or class count fails with the list of tensors that do not fit."""
+    model = load_trained_weights(build_cam_model(cfg, pretrained=False), checkpoint)
     model.eval()
     if device is not None:
         model.to(device)
@@ -123,8 +129,7 @@ def train_cam(cfg: Config, resume: bool = True) -> Path:
         save_config(cfg)
     model = build_cam_model(cfg)
     if cfg.train.init_checkpoint:
-        init = load_checkpoint(cfg.train.init_checkpoint)
-        load_state_dict_checked(model, init.get("model", init), cfg.train.init_checkpoint)
+        load_trained_weights(model, cfg.train.init_checkpoint)
         ctx.log(f"weights before the first phase: {cfg.train.init_checkpoint}")
     phases = cam_phases(cfg)
     ctx.log(f"training {cfg.model.name} ({cfg.model.backbone}) in {len(phases)} phase(s): {', '.join(p.name for p in phases)}")
