@@ -6,14 +6,17 @@ baseline, and the controls (untrained network, GSLM with sr_weight 0, with groun
 with shifted ground-truth SR targets, PPL with cam_source full). Writes <out>/bench.{json,md}
 (docs/synthetic_bench.md explains every column and the verdict rule).
 
-    python scripts/compare_methods.py                       # about 70 minutes on 2 CPU cores
-    python scripts/compare_methods.py --seeds 0 1 --no-controls train.epochs=3   # overrides go to every run
-    python scripts/compare_methods.py --results docs/results/compare.json        # what docs/synthetic_bench.md quotes
-    python scripts/compare_methods.py train.epochs=20 --arms "baseline CAM" GSLM --arm-set GSLM gslm.beta=3
+    python scripts/compare_methods.py        # the bench on its default scene (configs/bench/decoys.yaml), ~7 h on 2 cores
+    python scripts/compare_methods.py --bench configs/bench/default_scene.yaml   # the configs' own scene
+    python scripts/compare_methods.py train.epochs=3 --seeds 0 1 --no-controls   # overrides go to every run
+    python scripts/compare_methods.py --collect-only --results docs/results/compare_decoys.json   # what the docs quote
+    python scripts/compare_methods.py --arms "baseline CAM" GSLM --arm-set GSLM gslm.beta=3
 
-Overrides go before --arms / --heldout-arms (those take several names). GSLM's GLM is the
-baseline CAM network: its runs start their SLM rounds from the baseline run of the same seed
-and data (``train.init_checkpoint``) unless --train-glm.
+The bench file (``--bench``, YAML) holds the scene: overrides of every run, overrides of one
+arm's runs, the default --out; the command line's overrides and --arm-set come after its.
+Overrides go before --seeds / --arms / --heldout-arms (those take several values). GSLM's GLM
+is the baseline CAM network: its runs start their SLM rounds from the baseline run of the
+same seed and data (``train.init_checkpoint``) unless --train-glm.
 
 Every run is a resumable run_pipeline work_dir under --out: an interrupted bench picks up
 where it stopped.
@@ -26,11 +29,14 @@ from wsss.stages import run_script
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="work_dirs/compare")
+    p.add_argument("--bench", default=None, metavar="YAML",
+                   help="the bench file: the scene's overrides and the default --out (default: configs/bench/decoys.yaml)")
+    p.add_argument("--out", default=None, help="where the runs go (default: the bench file's out)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds of every arm (>= 3 for a verdict)")
     p.add_argument("--heldout-data-seed", type=int, default=1, help="the data seed no config was tuned on")
     p.add_argument("--arms", nargs="+", default=None, help="a subset of the arms (names as in the table)")
-    p.add_argument("--heldout-arms", nargs="+", default=None, help="the arms run on the held-out data seed (default: all)")
+    p.add_argument("--heldout-arms", nargs="*", default=None,
+                   help="the arms run on the held-out data seed (default: all; the flag with no name: none)")
     p.add_argument("--arm-set", nargs=2, action="append", default=[], metavar=("ARM", "KEY=VALUE"),
                    help="an override of one arm's runs and controls (repeatable), e.g. --arm-set GSLM gslm.beta=3")
     p.add_argument("--train-glm", action="store_true",
@@ -40,17 +46,20 @@ def main() -> None:
     p.add_argument("--results", default=None, metavar="JSON", help="also publish the bench there, with the machine and commit")
     p.add_argument("overrides", nargs="*", help="dotted overrides applied to every run's config")
     a = p.parse_args()
-    from tools.compare import ARMS, Bench, run_bench
+    from tools.compare import ARMS, DEFAULT_BENCH_FILE, REPO, Bench, load_bench_file, run_bench
+
+    bench_file = a.bench or DEFAULT_BENCH_FILE  # the default: relative to the repository, wherever this runs
+    bench = load_bench_file(bench_file if a.bench else REPO / bench_file)
 
     arms = {k: v for k, v in ARMS.items() if a.arms is None or k in a.arms}
     for given in (a.arms, a.heldout_arms, [arm for arm, _ in a.arm_set]):
         if given and set(given) - set(ARMS):
             raise SystemExit(f"unknown arm(s): {sorted(set(given) - set(ARMS))}; arms are {list(ARMS)}")
-    arm_sets: dict[str, list[str]] = {}
+    arm_sets = {arm: list(kvs) for arm, kvs in bench["arm_overrides"].items()}
     for arm, kv in a.arm_set:
         arm_sets.setdefault(arm, []).append(kv)
-    run_bench(Bench(out=Path(a.out), seeds=a.seeds, heldout_data_seed=a.heldout_data_seed, arms=arms,
-                    controls=not a.no_controls, overrides=a.overrides, heldout_arms=a.heldout_arms,
+    run_bench(Bench(out=Path(a.out or bench["out"]), bench_file=bench_file, seeds=a.seeds, heldout_data_seed=a.heldout_data_seed, arms=arms,
+                    controls=not a.no_controls, overrides=[*bench["overrides"], *a.overrides], heldout_arms=a.heldout_arms,
                     collect_only=a.collect_only, reuse_glm=not a.train_glm, arm_overrides=arm_sets), results=a.results)
 
 

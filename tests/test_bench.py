@@ -1,10 +1,15 @@
 """The synthetic bench's rules: the premise check, the verdict (an effect only beyond 2 std of
 the baseline), the aggregation over seeds, the shifted-target control's masks."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from wsss.cam.premise import check_premise
-from tools.compare import ARMS, BASELINE, Bench, aggregate, arm_overrides, data_overrides, verdict, write_shifted_masks
+from tools.compare import (ARMS, BASELINE, DEFAULT_BENCH_FILE, REPO, Bench, aggregate, arm_overrides, data_overrides,
+                           load_bench_file, verdict, write_shifted_masks)
+from wsss.config import load_config
+from wsss.errors import ConfigError
 
 
 def _cam_eval(part, body, prec, rec):
@@ -45,6 +50,34 @@ def test_heldout_data_root_sits_beside_the_benchs_root():
     # a bench on other data (another scene) must not share the default bench's held-out root
     elong = data_overrides(1, 0, ["data.root=data/synthetic_voc_elongated/VOC2012", "train.epochs=10"])
     assert elong[-1] == "data.root=data/synthetic_voc_elongated_seed1/VOC2012"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs" / "bench").glob("*.yaml")))
+def test_shipped_bench_files_resolve_for_every_arm(name, tmp_path):
+    """Every run a shipped bench file starts has a valid config: its keys exist and its values
+    check, for every arm with its own overrides."""
+    bench = load_bench_file(REPO / "configs" / "bench" / name)
+    b = Bench(out=tmp_path, overrides=bench["overrides"], arm_overrides=bench["arm_overrides"])
+    for arm, config in ARMS.items():
+        cfg = load_config(str(REPO / config), arm_overrides(b, arm, None))
+        if name == Path(DEFAULT_BENCH_FILE).name:  # the default scene is the one that meets the premise
+            assert cfg.data.synthetic.decoys == 2 and cfg.data.synthetic.scene == "elongated" and cfg.train.epochs == 20
+    if name == Path(DEFAULT_BENCH_FILE).name:
+        stages = load_config(str(REPO / ARMS["PPL progressive"]), arm_overrides(b, "PPL progressive", None)).ppl.stages
+        assert sum(s.epochs for s in stages) == 20  # PPL trains as many steps as the baseline
+
+
+def test_bench_file_errors_name_the_file_and_the_key(tmp_path):
+    bad = tmp_path / "bench.yaml"
+    for text, match in [("out: x\nseeds: [0]\n", r"bench.yaml: unknown key\(s\) \['seeds'\]"),
+                        ("overrides: [train.epochs]\n", r"bench.yaml: overrides: a list of KEY=VALUE"),
+                        ("arm_overrides: {GSML: [gslm.beta=3]}\n", r"bench.yaml: arm_overrides: unknown arm\(s\) \['GSML'\]"),
+                        ("- a\n", "bench.yaml: top level must be a mapping")]:
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            load_bench_file(bad)
+    with pytest.raises(ConfigError, match="bench file not found"):
+        load_bench_file(tmp_path / "missing.yaml")
 
 
 def test_gslm_runs_start_from_the_baseline_run_of_their_seed(tmp_path):
@@ -131,3 +164,21 @@ def test_part_reliance_tells_a_part_detector_from_a_shortcut(tiny_root, tmp_path
     out = json.loads((work / "metrics" / "part_reliance.json").read_text())
     assert set(out["per_class"]) == set(names) and out["num_images"] == 12
     assert all(0 <= m["with_part"] <= 1 for m in out["per_class"].values())
+
+
+def test_compare_methods_reads_its_bench_file(tmp_path):
+    """The script end to end without a run (--collect-only): the default bench file's overrides
+    reach the record, the command line's come after them, and nothing run is listed as missing."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "compare_methods.py"), "--out", str(out), "--collect-only",
+                           "train.epochs=3", "--arms", BASELINE, "--heldout-arms"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads((out / "bench.json").read_text())
+    assert rec["bench_file"] == DEFAULT_BENCH_FILE
+    assert rec["overrides"] == [*load_bench_file(REPO / DEFAULT_BENCH_FILE)["overrides"], "train.epochs=3"]
+    assert rec["not_run"] == [f"{BASELINE} seed {s}" for s in (0, 1, 2)] + ["control: untrained network"]
+    assert "configs/bench/decoys.yaml" in (out / "bench.md").read_text()

@@ -90,6 +90,7 @@ CONTROLS = [
 @dataclass
 class Bench:
     out: Path
+    bench_file: str = ""  # the bench file the overrides came from (configs/bench/*.yaml), as given
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     data_seed: int = 0
     heldout_data_seed: int = 1
@@ -100,6 +101,44 @@ class Bench:
     arm_overrides: dict[str, list[str]] = field(default_factory=dict)  # overrides of one arm's runs (and its controls)
     reuse_glm: bool = True  # GLM_OF: start GSLM's rounds from the baseline run of the same seed and data
     collect_only: bool = False  # no new run: gather the finished ones (an interrupted bench's table)
+
+
+DEFAULT_BENCH_FILE = "configs/bench/decoys.yaml"
+BENCH_FILE_KEYS = {"out", "overrides", "arm_overrides"}
+
+
+def load_bench_file(path: str | Path) -> dict:
+    """A bench file (configs/bench/*.yaml): ``out`` (the default --out), ``overrides`` (every
+    run's, before the command line's) and ``arm_overrides`` (arm name -> overrides of its runs
+    and controls). Anything else is a ConfigError naming the file and the key."""
+    import yaml
+
+    from wsss.errors import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"bench file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    if set(data) - BENCH_FILE_KEYS:
+        raise ConfigError(f"{path}: unknown key(s) {sorted(set(data) - BENCH_FILE_KEYS)}; a bench file has {sorted(BENCH_FILE_KEYS)}")
+
+    def overrides(value, key: str) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(o, str) and "=" in o for o in value):
+            raise ConfigError(f"{path}: {key}: a list of KEY=VALUE strings")
+        return list(value)
+
+    arm_over = data.get("arm_overrides") or {}
+    if not isinstance(arm_over, dict):
+        raise ConfigError(f"{path}: arm_overrides: a mapping from arm name to a list of KEY=VALUE strings")
+    if set(arm_over) - set(ARMS):
+        raise ConfigError(f"{path}: arm_overrides: unknown arm(s) {sorted(set(arm_over) - set(ARMS))}; arms are {list(ARMS)}")
+    return {"out": str(data.get("out") or "work_dirs/compare"), "overrides": overrides(data.get("overrides") or [], "overrides"),
+            "arm_overrides": {arm: overrides(v, f"arm_overrides.{arm}") for arm, v in arm_over.items()}}
 
 
 def slug(name: str) -> str:
@@ -269,7 +308,7 @@ def run_bench(b: Bench, results: str | None = None) -> dict:
     missing = [f"{arm} seed {sd}" for arm in b.arms for sd in b.seeds if sd not in [r["seed"] for r in runs.get(arm, [])]]
     missing += [f"control: {c.name}" for c in CONTROLS if b.controls and c.arm in b.arms and c.name not in [x["name"] for x in controls]]
     missing += [f"held-out: {arm}" for arm in b.arms if (b.heldout_arms is None or arm in b.heldout_arms) and arm not in heldout]
-    data = {"seeds": b.seeds, "not_run": missing, "data_seed": b.data_seed, "heldout_data_seed": b.heldout_data_seed, "overrides": b.overrides,
+    data = {"bench_file": b.bench_file, "seeds": b.seeds, "not_run": missing, "data_seed": b.data_seed, "heldout_data_seed": b.heldout_data_seed, "overrides": b.overrides,
             "arm_overrides": b.arm_overrides, "glm_of": {a: glm_source(b, a) for a in b.arms if glm_source(b, a)},
             "stages": STAGES, "runs": runs, "aggregate": aggregate(runs), "heldout": heldout, "controls": controls,
             "premise": premise_summary(runs.get(BASELINE, []), heldout.get(BASELINE)),

@@ -104,7 +104,7 @@ def made_on(doc: dict) -> str:
     if m.get("gpu"):
         parts.append(m["gpu"])
     if m.get("torch"):
-        parts.append(f"torch {m['torch']}" + (f", {m['torch_threads']} threads" if m.get("torch_threads") else ""))
+        parts.append(f"torch {m['torch']}" + (f", {m['torch_threads']} thread{'s' * (m['torch_threads'] != 1)}" if m.get("torch_threads") else ""))
     c = doc.get("commit", {})
     sha = (c.get("sha") or "unknown")[:7]
     parts.append(f"commit {sha}{' with local changes' if c.get('dirty') else ''}")
@@ -293,6 +293,8 @@ def render_bench(d: dict) -> str:
     notes = [f"{arm} starts its rounds from the {glm} run of the same seed and data (its GLM: the same network, "
              "`train.init_checkpoint`)" for arm, glm in glm_of.items()]
     notes += [f"{arm}'s runs and controls add `{' '.join(over)}`" for arm, over in arm_set.items()]
+    if d.get("bench_file"):
+        notes.insert(0, f"the scene: `{d['bench_file']}`; every run adds its overrides `{' '.join(d.get('overrides') or []) or '(none)'}`")
     if notes:
         md += "\n" + "".join(f"* {n}.\n" for n in notes)
     h = d["heldout"]
