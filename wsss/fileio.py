@@ -7,6 +7,7 @@ an interrupted process never leaves a truncated result behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -252,3 +253,12 @@ def load_npz(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict[st
     if missing:
         raise DataError(f"{path}: missing key(s) {missing} (has {sorted(out)})")
     return out
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

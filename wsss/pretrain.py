@@ -17,13 +17,13 @@ never silently used.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from wsss.config import register_section, to_dict
+from wsss.fileio import file_sha256
 
 
 @dataclass
@@ -56,14 +56,6 @@ def recipe(cfg) -> dict:
 
 def sidecar(weights: str | Path) -> Path:
     return Path(f"{weights}.json")
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_pretrained(cfg) -> bool:

@@ -22,7 +22,6 @@ refusal (or, when asked to redo, the removal of the stale output), then the reco
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ from typing import Any
 
 from wsss.config import Config, ConfigError
 from wsss.fileio import atomic_write_json, read_json
+from wsss.fileio import file_sha256 as sha256_of_file
 from wsss.fingerprint import EVAL_STAGES, StaleOutputError, cam_settings, changed, digest, method_sections, stage_keys
 from wsss.pipeline_config import ALL_STAGES
 
@@ -98,14 +98,11 @@ def _file_key(path: Path) -> tuple:
 
 
 def file_sha256(path: str | Path) -> str:
+    """wsss.fileio.file_sha256, computed once per (path, size, mtime) in a process."""
     path = Path(path)
     key = ("file", *_file_key(path))
     if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _SHA_CACHE[key] = h.hexdigest()
+        _SHA_CACHE[key] = sha256_of_file(path)
     return _SHA_CACHE[key]
 
 
