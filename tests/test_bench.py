@@ -168,7 +168,7 @@ def test_part_reliance_tells_a_part_detector_from_a_shortcut(tiny_root, tmp_path
 
 def test_compare_methods_reads_its_bench_file(tmp_path):
     """The script end to end without a run (--collect-only): the default bench file's overrides
-    reach the record, the command line's come after them, and nothing run is listed as missing."""
+    reach the record, the command line's come after them, and every run not made is listed."""
     import json
     import subprocess
     import sys
@@ -182,3 +182,22 @@ def test_compare_methods_reads_its_bench_file(tmp_path):
     assert rec["overrides"] == [*load_bench_file(REPO / DEFAULT_BENCH_FILE)["overrides"], "train.epochs=3"]
     assert rec["not_run"] == [f"{BASELINE} seed {s}" for s in (0, 1, 2)] + ["control: untrained network"]
     assert "configs/bench/decoys.yaml" in (out / "bench.md").read_text()
+
+
+def test_control_checks_compare_like_with_like():
+    """Each control's check against the run it is about: the ground-truth targets against the
+    GLM and sr_weight 0, the shifted ones against sr_weight 0, PPL's full-path CAM against the
+    concatenated CAM of the same seed's weights."""
+    from tools.compare import control_checks
+
+    controls = [{"name": "GSLM, ground-truth SR targets", "cam_miou": 0.60, "gslm_rounds": [{"cam_miou_best": 0.45}]},
+                {"name": "GSLM, sr_weight 0", "cam_miou": 0.46},
+                {"name": "GSLM, shifted ground-truth SR targets", "cam_miou": 0.36},
+                {"name": "PPL progressive, cam_source full", "cam_miou": 0.46}]
+    runs = {"PPL progressive": [{"seed": 0, "cam_miou": 0.44}, {"seed": 1, "cam_miou": 0.50}]}
+    c = control_checks(runs, controls, seed=0)
+    assert c["gt_targets_raise_cam_miou_by_5"] and c["gt_targets_gain_over_glm"] == pytest.approx(0.15)
+    assert c["gt_targets_beat_sr_weight_0"] and c["shifted_targets_no_gain_over_sr_weight_0"]
+    assert c["ppl_full_path_cam_minus_concat"] == pytest.approx(0.02)
+    assert control_checks(runs, controls, seed=1)["ppl_full_path_cam_minus_concat"] == pytest.approx(-0.04)
+    assert "ppl_full_path_cam_minus_concat" not in control_checks({}, controls)

@@ -312,7 +312,7 @@ def run_bench(b: Bench, results: str | None = None) -> dict:
             "arm_overrides": b.arm_overrides, "glm_of": {a: glm_source(b, a) for a in b.arms if glm_source(b, a)},
             "stages": STAGES, "runs": runs, "aggregate": aggregate(runs), "heldout": heldout, "controls": controls,
             "premise": premise_summary(runs.get(BASELINE, []), heldout.get(BASELINE)),
-            "control_checks": control_checks(runs, controls), "wall_seconds": round(time.perf_counter() - t0, 1),
+            "control_checks": control_checks(runs, controls, b.seeds[0]), "wall_seconds": round(time.perf_counter() - t0, 1),
             # the runs' own stage times: a resumed or --collect-only bench's wall time leaves most of them out
             "pipeline_seconds": round(sum(sum(r["stage_seconds"].values()) for r in
                                           [*(x for rs in runs.values() for x in rs), *controls, *heldout.values()]), 1),
@@ -334,8 +334,10 @@ def premise_summary(base_runs: list[dict], heldout: dict | None) -> dict:
             "failed": [r["work_dir"] for r in checked if not r["premise"]["ok"]]}
 
 
-def control_checks(runs: dict[str, list[dict]], controls: list[dict]) -> dict:
-    """The ground-truth-target control against its expectations (None where a run is missing)."""
+def control_checks(runs: dict[str, list[dict]], controls: list[dict], seed: int = 0) -> dict:
+    """The controls against their expectations, and PPL's full-path CAM against the
+    concatenated one of the same weights (the run of training seed ``seed``); a check whose
+    runs are missing is left out."""
     by = {c["name"]: c for c in controls}
     gt, shifted, no_sr = (by.get("GSLM, ground-truth SR targets"), by.get("GSLM, shifted ground-truth SR targets"),
                           by.get("GSLM, sr_weight 0"))
@@ -350,4 +352,8 @@ def control_checks(runs: dict[str, list[dict]], controls: list[dict]) -> dict:
         out["gt_targets_beat_sr_weight_0"] = gt["cam_miou"] > no_sr["cam_miou"]
     if shifted and no_sr:
         out["shifted_targets_no_gain_over_sr_weight_0"] = shifted["cam_miou"] <= no_sr["cam_miou"] + 0.01
+    full = by.get("PPL progressive, cam_source full")
+    concat = next((r for r in runs.get("PPL progressive", []) if r["seed"] == seed), None)
+    if full and concat and full.get("cam_miou") is not None and concat.get("cam_miou") is not None:
+        out["ppl_full_path_cam_minus_concat"] = full["cam_miou"] - concat["cam_miou"]
     return out

@@ -186,6 +186,42 @@ def render_gslm_rounds(doc: dict) -> str:
             f"{made_on(doc)}):\n" + placeholder(doc) + "\n" + _table(header, table))
 
 
+def _premise_line(d: dict) -> str:
+    """The premise in one sentence: on the bench's data seed, and on the held-out one apart."""
+    def flooding(r: dict) -> str:
+        classes = r["premise"]["checks"]["no_flooding"]["value"]
+        return f" ({', '.join(classes)} flood)" if classes else ""
+
+    runs = [r for r in d["runs"].get("baseline CAM", []) if r.get("premise")]
+    out = (f"Premise: met in {sum(r['premise']['ok'] for r in runs)} of {len(runs)} baseline runs on data seed {d['data_seed']}"
+           + "".join(flooding(r) for r in runs if not r["premise"]["ok"]))
+    held = (d.get("heldout") or {}).get("baseline CAM")
+    if held and held.get("premise"):
+        out += f"; on the held-out data seed {d['heldout_data_seed']}: {'met' if held['premise']['ok'] else 'not met'}{flooding(held)}"
+    return out + "."
+
+
+def render_bench_headline(doc: dict) -> str:
+    """The README's short form of a bench: each arm's mean ± std and verdict, the premise, the
+    ground-truth-target control (the full tables are in docs/synthetic_bench.md)."""
+    d = doc["data"]
+    rows = [[arm, a["cam_miou"]["n"], pm(a["cam_miou"]), _diff(a["cam_miou"]), a["cam_miou"].get("effect", "-"),
+             pm(a["pseudo_miou_255_as_bg"]), _diff(a["pseudo_miou_255_as_bg"]), pm(a["body"])]
+            for arm, a in d["aggregate"].items()]
+    checks = d.get("control_checks") or {}
+    out = (f"The bench on `{d.get('bench_file') or 'its scene'}` (training seeds {', '.join(map(str, d['seeds']))}; "
+           f"{made_on(doc)}; `docs/results/{doc['kind']}.json`):\n" + placeholder(doc) + "\n"
+           + _table(["arm", "seeds", "CAM mIoU", "vs baseline", "verdict (> 2 std)", "pseudo-mask mIoU", "vs baseline",
+                     "bodies covered"], rows)
+           + "\n" + _premise_line(d))
+    if checks.get("gt_targets_gain_over_glm") is not None:
+        out += (f" Control: GSLM with ground-truth SR targets {_check(checks['gt_targets_gain_over_glm'])} of CAM mIoU "
+                f"over its GLM (>= 5: {_check(checks.get('gt_targets_raise_cam_miou_by_5'))}).")
+    if d.get("not_run"):
+        out += f" Not run: {', '.join(d['not_run'])}."
+    return out + "\n"
+
+
 BENCH_NAMES = {"cam_net": "baseline CAM", "ppl_progressive": "PPL progressive", "ppl_explicit": "PPL explicit", "gslm_slm": "GSLM SLM"}
 
 
@@ -232,6 +268,7 @@ RENDERERS = {
     "compare": lambda d: render_compare(d["compare"]),
     "compare_elongated": lambda d: render_compare(d["compare_elongated"]),
     "compare_decoys": lambda d: render_compare(d["compare_decoys"]),
+    "bench_headline": lambda d: render_bench_headline(d["compare_decoys"]),
     "gslm_rounds_decoys": lambda d: render_gslm_rounds(d["compare_decoys"]),
     "gslm_rounds": lambda d: render_gslm_rounds(d["compare"]),
     "benchmark": lambda d: render_benchmark(d["benchmark"]),
