@@ -6,7 +6,7 @@ baseline, and the controls (untrained network, GSLM with sr_weight 0, with groun
 with shifted ground-truth SR targets, PPL with cam_source full). Writes <out>/bench.{json,md}
 (docs/synthetic_bench.md explains every column and the verdict rule).
 
-    python scripts/compare_methods.py        # the bench on its default scene (configs/bench/decoys.yaml), ~7 h on 2 cores
+    python scripts/compare_methods.py        # the bench on its scene (configs/bench/decoys.yaml): ~7 h of runs
     python scripts/compare_methods.py --bench configs/bench/default_scene.yaml   # the configs' own scene
     python scripts/compare_methods.py train.epochs=3 --seeds 0 1 --no-controls   # overrides go to every run
     python scripts/compare_methods.py --collect-only --results docs/results/compare_decoys.json   # what the docs quote
