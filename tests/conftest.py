@@ -13,6 +13,14 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+# folders of configs/ that hold no experiment: _base_ (pieces to compose) and bench (the
+# synthetic bench's scenes, read by scripts/compare_methods.py)
+NOT_EXPERIMENTS = ("_base_", "bench")
+
+
+def experiment_configs() -> list:
+    """Every experiment config the repository ships (configs/**/*.yaml, not _base_ or bench)."""
+    return sorted(p for p in CONFIGS.rglob("*.yaml") if p.relative_to(CONFIGS).parts[0] not in NOT_EXPERIMENTS)
 
 # Keep each test process to the machine's cores without oversubscription.
 os.environ.setdefault("OMP_NUM_THREADS", "2")

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import experiment_configs
 from wsss.config import ConfigError, config_from_dict, load_config, save_config, to_dict
 
 
@@ -104,8 +105,7 @@ def test_resolved_config_round_trip(tmp_path):
 
 
 def test_shipped_configs_all_load():
-    root = Path(__file__).resolve().parents[1] / "configs"
-    files = [f for f in root.rglob("*.yaml") if "_base_" not in f.parts]
+    files = experiment_configs()
     assert files
     for f in files:
         load_config(f)

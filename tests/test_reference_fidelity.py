@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONFIGS, REPO, run_script_here, tiny_overrides
+from conftest import CONFIGS, REPO, experiment_configs, run_script_here, tiny_overrides
 
-ALL_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if "_base_" not in p.parts)
+ALL_CONFIGS = experiment_configs()
 
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
