@@ -58,13 +58,11 @@ def test_shipped_bench_files_resolve_for_every_arm(name, tmp_path):
     check, for every arm with its own overrides."""
     bench = load_bench_file(REPO / "configs" / "bench" / name)
     b = Bench(out=tmp_path, overrides=bench["overrides"], arm_overrides=bench["arm_overrides"])
-    for arm, config in ARMS.items():
-        cfg = load_config(str(REPO / config), arm_overrides(b, arm, None))
-        if name == Path(DEFAULT_BENCH_FILE).name:  # the default scene is the one that meets the premise
+    cfgs = {arm: load_config(str(REPO / config), arm_overrides(b, arm, None)) for arm, config in ARMS.items()}
+    if name == Path(DEFAULT_BENCH_FILE).name:  # the default scene is the one that meets the premise
+        for cfg in cfgs.values():
             assert cfg.data.synthetic.decoys == 2 and cfg.data.synthetic.scene == "elongated" and cfg.train.epochs == 20
-    if name == Path(DEFAULT_BENCH_FILE).name:
-        stages = load_config(str(REPO / ARMS["PPL progressive"]), arm_overrides(b, "PPL progressive", None)).ppl.stages
-        assert sum(s.epochs for s in stages) == 20  # PPL trains as many steps as the baseline
+        assert sum(s.epochs for s in cfgs["PPL progressive"].ppl.stages) == 20  # PPL trains as many steps as the baseline
 
 
 def test_bench_file_errors_name_the_file_and_the_key(tmp_path):

@@ -111,19 +111,13 @@ def load_bench_file(path: str | Path) -> dict:
     """A bench file (configs/bench/*.yaml): ``out`` (the default --out), ``overrides`` (every
     run's, before the command line's) and ``arm_overrides`` (arm name -> overrides of its runs
     and controls). Anything else is a ConfigError naming the file and the key."""
-    import yaml
-
+    from wsss.config import read_yaml_mapping
     from wsss.errors import ConfigError
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"bench file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    data = read_yaml_mapping(path)
     if set(data) - BENCH_FILE_KEYS:
         raise ConfigError(f"{path}: unknown key(s) {sorted(set(data) - BENCH_FILE_KEYS)}; a bench file has {sorted(BENCH_FILE_KEYS)}")
 

@@ -285,7 +285,9 @@ def _sections() -> dict[str, type]:
 # --------------------------------------------------------------------------
 # Loading YAML with provenance
 # --------------------------------------------------------------------------
-def _read_yaml(path: Path, referrer: str | None) -> dict:
+def read_yaml_mapping(path: Path, referrer: str | None = None) -> dict:
+    """A YAML file whose top level is a mapping ({} for an empty file); a missing file, bad
+    YAML or another top level is a ConfigError naming the file."""
     if not path.is_file():
         where = f" (named in _base_ of {referrer})" if referrer else ""
         raise ConfigError(f"config file not found: {path}{where}")
@@ -340,7 +342,7 @@ def load_yaml_tree(path: str | os.PathLike, _stack: tuple[Path, ...] = (), _refe
     if path in _stack:
         cycle = " -> ".join(str(p) for p in (*_stack, path))
         raise ConfigError(f"circular _base_: {cycle}")
-    data = _read_yaml(path, _referrer)
+    data = read_yaml_mapping(path, _referrer)
     bases = data.pop("_base_", [])
     if isinstance(bases, str):
         bases = [bases]

@@ -186,16 +186,19 @@ def render_gslm_rounds(doc: dict) -> str:
             f"{made_on(doc)}):\n" + placeholder(doc) + "\n" + _table(header, table))
 
 
+BASELINE = "baseline CAM"  # the bench's reference arm (tools/compare.py's name for it)
+
+
 def _premise_line(d: dict) -> str:
     """The premise in one sentence: on the bench's data seed, and on the held-out one apart."""
     def flooding(r: dict) -> str:
         classes = r["premise"]["checks"]["no_flooding"]["value"]
         return f" ({', '.join(classes)} flood)" if classes else ""
 
-    runs = [r for r in d["runs"].get("baseline CAM", []) if r.get("premise")]
+    runs = [r for r in d["runs"].get(BASELINE, []) if r.get("premise")]
     out = (f"Premise: met in {sum(r['premise']['ok'] for r in runs)} of {len(runs)} baseline runs on data seed {d['data_seed']}"
            + "".join(flooding(r) for r in runs if not r["premise"]["ok"]))
-    held = (d.get("heldout") or {}).get("baseline CAM")
+    held = (d.get("heldout") or {}).get(BASELINE)
     if held and held.get("premise"):
         out += f"; on the held-out data seed {d['heldout_data_seed']}: {'met' if held['premise']['ok'] else 'not met'}{flooding(held)}"
     return out + "."
@@ -316,7 +319,6 @@ def pm(v: dict, scale: float = 100.0) -> str:
 def render_bench(d: dict) -> str:
     from wsss.reporting import md_table
 
-    BASELINE = "baseline CAM"
     agg = d["aggregate"]
     rows = []
     for arm, a in agg.items():
