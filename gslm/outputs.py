@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from wsss import layout
 from wsss.fileio import read_json
 
 ROUNDS_TABLE = "gslm_rounds"  # <work_dir>/metrics/gslm_rounds.{json,md}: one row per round
 
 
 def round_dir(cfg, r: int) -> Path:
-    return Path(cfg.work_dir) / "gslm" / f"round{r}"
+    return layout.method_dir(cfg, "gslm") / f"round{r}"
 
 
 def last_round_cams(cfg) -> list[Path]:
@@ -28,5 +29,5 @@ def rounds_of(cfg) -> int:
 
 def rounds_summary(cfg) -> dict:
     """run_pipeline's summary entry: the per-round table train_cam wrote (none without rounds)."""
-    f = Path(cfg.work_dir) / "metrics" / f"{ROUNDS_TABLE}.json"
+    f = layout.metrics_dir(cfg) / f"{ROUNDS_TABLE}.json"
     return {"gslm_rounds": read_json(f).get("rounds")} if f.is_file() else {}

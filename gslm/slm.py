@@ -23,6 +23,7 @@ import torch
 from gslm.config import GSLMConfig  # noqa: F401  (re-exported: gslm.slm.GSLMConfig)
 from gslm.loss import seed_reactivation_loss
 from gslm.outputs import ROUNDS_TABLE, round_dir, rounds_of
+from wsss import layout
 from wsss.cam.evaluate import evaluate_cams
 from wsss.cam.make import make_cams
 from wsss.cam.training import cam_param_groups, classification_dataset, visualize_first
@@ -34,7 +35,7 @@ from wsss.engine.trainer import Phase, Schedule, TrainContext
 from wsss.fileio import read_json
 from wsss.models.cam_net import multilabel_soft_margin
 from wsss.pseudo.make import evaluate_masks, make_pseudo_masks
-from wsss.reporting import fmt, md_table, save_metrics
+from wsss.reports import md_table, pct, save_metrics
 
 
 def report_threshold(cfg, r: int) -> float:
@@ -113,9 +114,9 @@ def evaluate_round(cfg, r: int, cam_dir: Path | None = None) -> dict:
         out.update({"pseudo_miou_255_as_bg": pm["miou_255_as_background"], "pseudo_miou_confident": pm["miou_confident_pixels"],
                     "pseudo_confident_fraction": pm["confident_fraction"]})
     save_metrics(cfg, f"gslm_round{r}", out, md_table(["", "value"], [[k, v] for k, v in out.items()]))
-    print(f"[gslm] {round_name(r)}: CAM mIoU {fmt(out['cam_miou_at_report'])} at {t:.2f} "
-          f"(CAM+CRF {fmt(out['cam_crf_miou_at_report'])}), {fmt(out['cam_miou_best'])} at best {out['best_threshold']:.2f}"
-          + (f"; pseudo-mask mIoU {fmt(out['pseudo_miou_255_as_bg'])}" if "pseudo_miou_255_as_bg" in out else ""), flush=True)
+    print(f"[gslm] {round_name(r)}: CAM mIoU {pct(out['cam_miou_at_report'])} at {t:.2f} "
+          f"(CAM+CRF {pct(out['cam_crf_miou_at_report'])}), {pct(out['cam_miou_best'])} at best {out['best_threshold']:.2f}"
+          + (f"; pseudo-mask mIoU {pct(out['pseudo_miou_255_as_bg'])}" if "pseudo_miou_255_as_bg" in out else ""), flush=True)
     return out
 
 
@@ -123,14 +124,14 @@ def write_rounds_table(cfg) -> dict:
     """metrics/gslm_rounds.json and .md from every evaluated round so far; printed."""
     rows = []
     for r in range(cfg.gslm.rounds + 1):
-        f = Path(cfg.work_dir) / "metrics" / f"gslm_round{r}.json"
+        f = layout.metrics_dir(cfg) / f"gslm_round{r}.json"
         if f.is_file():
             rows.append({k: v for k, v in read_json(f).items() if k != "config"})
     header = ["model", "round thr.", "CAM mIoU @ round thr.", "CAM+CRF mIoU @ round thr.", "CAM mIoU @ best", "best thr.",
               "pseudo mIoU (255=bg)", "pseudo mIoU (confident)"]
-    table = [[x["name"], f"{x['report_threshold']:.2f}", fmt(x["cam_miou_at_report"]), fmt(x.get("cam_crf_miou_at_report")),
-              fmt(x["cam_miou_best"]), f"{x['best_threshold']:.2f}", fmt(x.get("pseudo_miou_255_as_bg")),
-              fmt(x.get("pseudo_miou_confident"))] for x in rows]
+    table = [[x["name"], f"{x['report_threshold']:.2f}", pct(x["cam_miou_at_report"]), pct(x.get("cam_crf_miou_at_report")),
+              pct(x["cam_miou_best"]), f"{x['best_threshold']:.2f}", pct(x.get("pseudo_miou_255_as_bg")),
+              pct(x.get("pseudo_miou_confident"))] for x in rows]
     md = (f"# GSLM rounds ({cfg.exp_name})\n\n" + md_table(header, table)
           + "\nCAM: the plain CAM against GT. CAM+CRF: the CAM at the round's threshold refined by the pseudo masks'"
           " label CRF, the number the reference code prints after each round (it scores its GLM without CRF).\n")

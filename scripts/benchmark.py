@@ -12,8 +12,8 @@ import argparse
 import time
 from pathlib import Path
 
+from wsss.cli import run_script
 from wsss.config import BACKBONES
-from wsss.stages import run_script
 
 
 def main() -> None:
@@ -32,9 +32,10 @@ def main() -> None:
     p.add_argument("--results", default=None, metavar="JSON", help="also publish the results there, with the machine and commit")
     a = p.parse_args()
     from tools.benchmark import markdown, run_benchmark
+    from tools.published import publish
+    from wsss.reports import run_info
     from wsss.fileio import atomic_write_json, atomic_write_text
-    from wsss.results import provenance_fields, publish
-    from wsss.workdir import claim
+    from wsss.lock import claim
 
     claim(a.out)
     t0 = time.perf_counter()
@@ -43,7 +44,7 @@ def main() -> None:
     md = markdown(res)
     print()
     print(md)
-    atomic_write_json(Path(a.out) / "benchmark.json", {**res, **provenance_fields()})
+    atomic_write_json(Path(a.out) / "benchmark.json", {**res, **run_info()})
     atomic_write_text(Path(a.out) / "benchmark.md", md)
     print(f"saved {Path(a.out) / 'benchmark.json'}")
     if a.results:

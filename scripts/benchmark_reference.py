@@ -13,8 +13,8 @@ Writes <out>/benchmark_reference.{json,md}; speed is never asserted in a test.
 import argparse
 from pathlib import Path
 
+from wsss.cli import run_script
 from wsss.config import BACKBONES
-from wsss.stages import run_script
 
 
 def main() -> None:
@@ -58,7 +58,7 @@ def main() -> None:
     atomic_write_text(Path(a.out) / "benchmark_reference.md", md)
     print(f"saved {Path(a.out) / 'benchmark_reference.json'}")
     if a.results:
-        from wsss.results import publish
+        from tools.published import publish
 
         print(f"published: {publish(a.results, 'benchmark_reference', res)}")
 

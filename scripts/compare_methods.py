@@ -24,7 +24,7 @@ where it stopped.
 import argparse
 from pathlib import Path
 
-from wsss.stages import run_script
+from wsss.cli import run_script
 
 
 def main() -> None:

@@ -4,8 +4,8 @@ precision and recall -> <work_dir>/metrics/cam_eval.json and .md.
 
     python scripts/eval_cam.py --config CONFIG [eval_cam.split=train eval_cam.report_threshold=0.15]
 """
-from wsss.config import parse_args
-from wsss.stages import eval_cam, run_script
+from wsss.cli import parse_args, run_script
+from wsss.stages import run
 
 if __name__ == "__main__":
-    run_script(lambda: eval_cam(parse_args(description=__doc__)[0]))
+    run_script(lambda: run(parse_args(description=__doc__)[0], "eval_cam"))

@@ -5,8 +5,8 @@ server's layout (<work_dir>/seg/results/VOC2012/Segmentation/comp6_test_cls/).
 
     python scripts/eval_seg.py --config CONFIG [seg.crf=true seg.test_split=test]
 """
-from wsss.config import parse_args
-from wsss.stages import eval_seg, run_script
+from wsss.cli import parse_args, run_script
+from wsss.stages import run
 
 if __name__ == "__main__":
-    run_script(lambda: eval_seg(parse_args(description=__doc__)[0]))
+    run_script(lambda: run(parse_args(description=__doc__)[0], "eval_seg"))

@@ -6,14 +6,14 @@ evaluation against GT on pseudo.eval_split (both conventions of the evaluation p
 
 Right after train_cam it makes the CAMs it needs first (make_cam's code and checks).
 """
-from wsss.config import parse_args
-from wsss.stages import eval_pseudo, make_pseudo, run_script
+from wsss.cli import parse_args, run_script
+from wsss.stages import run
 
 
 def main() -> None:
     cfg, _ = parse_args(description=__doc__)
-    make_pseudo(cfg)
-    eval_pseudo(cfg)
+    run(cfg, "make_pseudo")
+    run(cfg, "eval_pseudo")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from wsss.stages import run_script
+from wsss.cli import run_script
 
 
 def main() -> None:

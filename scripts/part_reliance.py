@@ -7,8 +7,8 @@ still recognised without its part is recognised from bodies and surroundings: it
 
     python scripts/part_reliance.py --config CONFIG work_dir=WORK_DIR [cam.checkpoint=...]
 """
-from wsss.config import parse_args
-from wsss.stages import part_reliance, run_script
+from tools.part_reliance import part_reliance
+from wsss.cli import parse_args, run_script
 
 if __name__ == "__main__":
     run_script(lambda: part_reliance(parse_args(description=__doc__)[0]))

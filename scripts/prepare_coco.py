@@ -10,7 +10,7 @@ ImageSets/Segmentation/{train,val}.txt and cls_labels.json. Needs pycocotools
 import argparse
 import json
 
-from wsss.stages import run_script
+from wsss.cli import run_script
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ Writes <root>/ImageSets/Segmentation/train_aug.txt and <root>/cls_labels.json.
 import argparse
 import json
 
-from wsss.stages import run_script
+from wsss.cli import run_script
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from wsss.stages import run_script
+from wsss.cli import run_script
 
 
 def main() -> None:
@@ -19,8 +19,8 @@ def main() -> None:
     p.add_argument("--file", action="append", default=None, help="only this file (repeatable); default: README.md and docs/*.md")
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 when a section is stale")
     a = p.parse_args()
+    from tools.published import documents, load_published, marked_sections, rewrite
     from wsss.fileio import atomic_write_text
-    from wsss.results import documents, load_published, marked_sections, rewrite
 
     published = load_published()
     stale_files = []

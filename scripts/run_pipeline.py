@@ -13,8 +13,7 @@ config: a rerun under another config is refused, naming the changed keys, unless
 --redo-from STAGE removes that stage's outputs and every later stage's. Ends with a
 summary table saved as <work_dir>/metrics/summary.json and .md.
 """
-from wsss.config import parse_args
-from wsss.stages import run_script
+from wsss.cli import parse_args, run_script
 
 
 def main() -> None:
@@ -28,12 +27,17 @@ def main() -> None:
                        help="also publish the summary there, with the machine and commit (e.g. docs/results/demo.json)")
 
     cfg, args = parse_args(description=__doc__, extra_args=extra)
+    from wsss.engine.distributed import is_main
     from wsss.pipeline import parse_stages, run_pipeline
 
     stages = parse_stages(args.stages, cfg)
     force = True if args.force == "all" else (parse_stages(args.force, cfg) if args.force else False)
     redo_from = parse_stages(args.redo_from, cfg)[0] if args.redo_from else None
-    run_pipeline(cfg, stages, force, redo_from=redo_from, results=args.results)
+    summary = run_pipeline(cfg, stages, force, redo_from=redo_from)
+    if args.results and is_main():
+        from tools.published import publish
+
+        print(f"published: {publish(args.results, 'demo', summary)}")
 
 
 if __name__ == "__main__":

@@ -8,14 +8,14 @@ Resumes automatically from <work_dir>/checkpoints/last.pth; --no-resume starts o
 (the work_dir's CAM checkpoints are removed first). Checkpoints trained under another
 config are never resumed: that is an error naming the changed keys.
 """
-from wsss.config import parse_args
-from wsss.stages import run_script, train_cam
+from wsss.cli import parse_args, run_script
+from wsss.stages import run
 
 
 def main() -> None:
     cfg, args = parse_args(description=__doc__, extra_args=lambda p: p.add_argument(
         "--no-resume", action="store_true", help="remove this work_dir's CAM checkpoints and train from the start"))
-    train_cam(cfg, resume=not args.no_resume)
+    run(cfg, "train_cam", redo=args.no_resume)
 
 
 if __name__ == "__main__":

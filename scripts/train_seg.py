@@ -7,14 +7,14 @@
 Resumes automatically from <work_dir>/seg/checkpoints/last.pth; --no-resume starts over
 (checkpoints trained under another config or on other masks are never resumed).
 """
-from wsss.config import parse_args
-from wsss.stages import run_script, train_seg
+from wsss.cli import parse_args, run_script
+from wsss.stages import run
 
 
 def main() -> None:
     cfg, args = parse_args(description=__doc__, extra_args=lambda p: p.add_argument(
         "--no-resume", action="store_true", help="remove this work_dir's DeepLab checkpoints and train from the start"))
-    train_seg(cfg, resume=not args.no_resume)
+    run(cfg, "train_seg", redo=args.no_resume)
 
 
 if __name__ == "__main__":

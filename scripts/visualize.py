@@ -3,8 +3,8 @@
 
     python scripts/visualize.py --config CONFIG [--n 8 | --ids 2007_000032 2007_000039]
 """
-from wsss.config import parse_args
-from wsss.stages import run_script, visualize
+from wsss.cli import parse_args, run_script
+from wsss.stages import visualize
 
 
 def main() -> None:

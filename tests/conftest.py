@@ -165,3 +165,15 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
+
+
+@pytest.fixture
+def r18(tiny_cfg):
+    """A ResNet-18 CAM network of random weights, saved as the tiny config's cam.checkpoint: (cfg, model)."""
+    from wsss.cam.training import build_cam_model, load_cam_model
+    from wsss.engine.checkpoint import save_checkpoint
+
+    cfg = tiny_cfg(**{"cam.scales": [1.0, 0.5, 1.5]})
+    torch.manual_seed(0)
+    save_checkpoint(cfg.cam.checkpoint, {"model": build_cam_model(cfg).state_dict()})
+    return cfg, load_cam_model(cfg, cfg.cam.checkpoint)

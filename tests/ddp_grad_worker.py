@@ -22,7 +22,7 @@ if __name__ == "__main__":
     cfg = load_config(config, overrides)
     device = setup_runtime(cfg)
     rank, world = get_rank(), get_world_size()
-    ctx = make_context(cfg, device, Path(cfg.work_dir) / "checkpoints")
+    ctx = make_context(cfg, device, "train_cam", Path(cfg.work_dir) / "checkpoints")
     torch.manual_seed(0)
     model = build_cam_model(cfg)
     phase = cam_phases(cfg)[-1]  # the last phase: an SLM round for GSLM configs

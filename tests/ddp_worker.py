@@ -14,7 +14,7 @@ if __name__ == "__main__":
     cfg = load_config(sys.argv[1], sys.argv[2:])
     device = setup_runtime(cfg)
     assert get_world_size() == 2
-    ctx = make_context(cfg, device, Path(cfg.work_dir) / "checkpoints")
+    ctx = make_context(cfg, device, "train_cam", Path(cfg.work_dir) / "checkpoints")
     torch.manual_seed(get_rank())  # different initial weights per rank: DDP must broadcast rank 0's
     model = build_cam_model(cfg)
     run_phases(model, cam_phases(cfg), ctx)

@@ -261,6 +261,6 @@ def test_non_rgb_images_work_end_to_end(mode, tiny_root, finished, tmp_path):
     shutil.copytree(finished, work)
     made = run_script_here("make_cam.py", "--config", CAM_CFG, *tiny_overrides(root, work, **{"cam.split": "train", "cam.redo": True}))
     assert made.returncode == 0, made.stderr[-2000:]
-    from wsss.cam.files import load_cam
+    from wsss.data.cam_files import load_cam
 
     assert load_cam(work / "cams" / f"{image_id}.npz", (64, 64))["high_res"].shape[1:] == (64, 64)

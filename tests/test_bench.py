@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsss.cam.premise import check_premise
+from tools.premise import check_premise
 from tools.compare import (ARMS, BASELINE, DEFAULT_BENCH_FILE, REPO, Bench, aggregate, arm_overrides, data_overrides,
                            load_bench_file, verdict, write_shifted_masks)
 from wsss.config import load_config
@@ -112,7 +112,7 @@ def test_part_reliance_tells_a_part_detector_from_a_shortcut(tiny_root, tmp_path
     import torch
 
     from conftest import CONFIGS, run_script_here, tiny_overrides
-    from wsss.cam.part_reliance import erase_part, part_reliance
+    from tools.part_reliance import erase_part, measure_part_reliance
     from wsss.data.synthetic import class_styles, generate_synthetic_voc
     from wsss.fileio import read_image, read_mask
 
@@ -148,11 +148,11 @@ def test_part_reliance_tells_a_part_detector_from_a_shortcut(tiny_root, tmp_path
 
     names = ["aeroplane", "bicycle", "bird"]
     cpu = torch.device("cpu")
-    seeing = part_reliance(PartDetector(), str(hued), "train", 3, mean, std, cpu, names)
+    seeing = measure_part_reliance(PartDetector(), str(hued), "train", 3, mean, std, cpu, names)
     assert seeing["recognised_without_part"] == [], seeing
     for m in seeing["per_class"].values():
         assert m["images"] > 0 and m["with_part"] > 0.8 and m["part_erased"] < 0.2 and m["absent"] < 0.2, m
-    blind = part_reliance(Blind(), str(hued), "train", 3, mean, std, cpu, names)
+    blind = measure_part_reliance(Blind(), str(hued), "train", 3, mean, std, cpu, names)
     assert blind["recognised_without_part"] == names
 
     work = tmp_path / "run"

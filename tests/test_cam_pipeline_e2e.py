@@ -46,7 +46,7 @@ def test_cam_chain_end_to_end(tiny_root, tmp_path):
     assert 0 <= pe["miou_255_as_background"] <= 1 and 0 < pe["confident_fraction"] <= 1
     assert f"{pe['miou_255_as_background'] * 100:.2f} (255 as background)" in out.stdout
     # the bench's premise check runs on these real evaluations (a 1-epoch net need not meet it)
-    from wsss.cam.premise import check_premise
+    from tools.premise import check_premise
 
     premise = check_premise(res, pe)
     assert set(premise["checks"]) == {"parts_covered", "bodies_not_covered", "no_flooding", "pseudo_precision"}

@@ -115,9 +115,8 @@ def test_one_schedule_and_one_crf_schema():
     """Every section that trains is a ScheduleConfig and every CRF a CRFConfig, each field declared once."""
     import dataclasses
 
-    from wsss.config import CRFConfig, ScheduleConfig, TrainConfig
+    from wsss.config import CRFConfig, ScheduleConfig, SegConfig, TrainConfig
     from wsss.engine.trainer import Schedule
-    from wsss.seg.config import SegConfig
     from gslm.config import GSLMConfig
 
     sched = {f.name for f in dataclasses.fields(ScheduleConfig)}
@@ -138,32 +137,21 @@ def test_one_schedule_and_one_crf_schema():
         (cfg.seg.iterations, cfg.seg.lr, cfg.seg.momentum, 3, cfg.seg.workers, cfg.seg.val_interval)
 
 
-def test_renamed_keys_are_still_read_with_a_note(tmp_path, capsys):
-    """The CRF keys from before crf_params (pseudo.gauss_sxy, seg.crf_iters, ...) still work."""
-    import wsss.config as config
-
-    config._noted.clear()
-    p = write(tmp_path / "old.yaml", {"data": {"root": "/a"}, "pseudo": {"gauss_compat": 3.0, "crf_reference_size": 500},
-                                      "seg": {"crf_bilateral_sxy": 80.0}})
-    cfg = load_config(p, ["pseudo.crf_iters=5"])
-    assert cfg.pseudo.crf_params.gauss_compat == 3.0 and cfg.pseudo.crf_params.reference_size == 500
-    assert cfg.pseudo.crf_params.iters == 5 and cfg.seg.crf_params.bilateral_sxy == 80.0
-    err = capsys.readouterr().err
-    assert f"note: pseudo.gauss_compat (from {p}) is now pseudo.crf_params.gauss_compat; read as that" in err
-    assert "note: pseudo.crf_iters (from the command line) is now pseudo.crf_params.iters" in err
-    # the new name on the command line wins over an old name in a file
-    assert load_config(p, ["pseudo.crf_params.gauss_compat=7"]).pseudo.crf_params.gauss_compat == 7.0
-    # a stored config with the old names (a checkpoint's) reads the same, without a note
-    stored = to_dict(cfg)
-    stored["pseudo"]["gt_prob"] = stored["pseudo"]["crf_params"].pop("gt_prob")
-    assert to_dict(config_from_dict(stored)) == to_dict(cfg)
-    assert "note:" not in capsys.readouterr().err
+def test_a_renamed_key_is_refused_with_its_new_name(tmp_path):
+    """The CRF keys from before crf_params (pseudo.gauss_sxy, seg.crf_iters, ...) are refused
+    in one line naming the file, the new key and the way out; nothing reads them silently."""
+    p = write(tmp_path / "old.yaml", {"data": {"root": "/a"}, "pseudo": {"gauss_compat": 3.0}})
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value) == f"pseudo.gauss_compat (from {p}) is now pseudo.crf_params.gauss_compat; set that instead"
+    with pytest.raises(ConfigError, match=r"^seg\.crf_iters \(from the command line\) is now seg\.crf_params\.iters"):
+        load_config(write(tmp_path / "new.yaml", {"data": {"root": "/a"}}), ["seg.crf_iters=5"])
 
 
 def test_a_section_keeps_its_own_defaults_for_a_shared_schema(tmp_path):
     """seg.aug and seg.crf_params are the shared AugConfig / CRFConfig with DeepLab's defaults:
     absent, or given in part, the keys not given keep DeepLab's values, not the schema's."""
-    from wsss.seg.config import SegConfig
+    from wsss.config import SegConfig
 
     own = SegConfig()
     p = write(tmp_path / "x.yaml", {"data": {"root": "/a"}})
@@ -180,8 +168,9 @@ def test_method_sections_only_in_configs_that_use_them():
     model is a PPL model, has it; a record made when baseline configs still carried them
     compares equal (a section the config no longer has is no change)."""
     from ppl_wsss.config import PPL_MODELS
-    from wsss.fingerprint import changed, stage_keys
+    from wsss.records import changed, stage_keys
     from wsss.registry import registered_models
+    from wsss.stages import STAGES
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     base = load_config(configs / "cam/cam_r18_synthetic.yaml")
@@ -196,6 +185,6 @@ def test_method_sections_only_in_configs_that_use_them():
     assert to_dict(config_from_dict(to_dict(both))) == to_dict(both)
     # train_cam's record of the same baseline, as it was written when every config carried both sections
     with_methods = load_config(configs / "cam/cam_r18_synthetic.yaml", ["gslm.rounds=0", "ppl.cam_source=concat"])
-    old = {"stage": "train_cam", "keys": stage_keys(with_methods, "train_cam")}
+    old = {"stage": "train_cam", "keys": stage_keys(with_methods, STAGES["train_cam"])}
     assert any(k.startswith("gslm.") for k in old["keys"])
-    assert changed(old, {"stage": "train_cam", "keys": stage_keys(base, "train_cam")}) == []
+    assert changed(old, {"stage": "train_cam", "keys": stage_keys(base, STAGES["train_cam"])}) == []

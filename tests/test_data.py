@@ -403,3 +403,25 @@ def test_mask_dir_resolution(tmp_path):
     assert L.mask("a", "SegmentationClassAug") == tmp_path / "VOC2012" / "SegmentationClassAug" / "a.png"
     assert L.mask("a", "work_dirs/x/pseudo") == Path("work_dirs/x/pseudo/a.png")  # a path: as given
     assert L.mask("a", str(tmp_path / "m")) == tmp_path / "m" / "a.png"
+
+
+def test_voc_sizes_and_the_square_default(tmp_path):
+    from wsss.data.synthetic import class_styles, generate_synthetic_voc, image_sizes, render_scene
+    from wsss.fileio import read_image
+
+    assert image_sizes(3, 0, 128) == [(128, 128)] * 3
+    # the square default draws the scene it drew before sizes were a parameter
+    a = render_scene(np.random.default_rng(5), 64, class_styles(3))
+    b = render_scene(np.random.default_rng(5), 64, class_styles(3), hw=(64, 64))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    sizes = image_sizes(200, 0, 128, voc_sizes=True)
+    assert all(max(s) == 500 for s in sizes) and sizes.count((375, 500)) > 50
+    summary = generate_synthetic_voc(tmp_path / "V", seed=1, num_train=3, num_aug=0, num_val=2, num_test=1, num_classes=3,
+                                     width_range=[90, 120], height_range=[60, 80], write_coco=True)
+    L = VOCLayout(tmp_path / "V")
+    for image_id in L.read_split("train") + L.read_split("val"):
+        h, w = read_image(L.image(image_id)).shape[:2]
+        assert 60 <= h <= 80 and 90 <= w <= 120
+        xml = (tmp_path / "V" / "Annotations" / f"{image_id}.xml").read_text()
+        assert f"<width>{w}</width><height>{h}</height>" in xml
+    assert summary["image_size"] == "varied"

@@ -64,7 +64,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_cfg):
     from wsss.engine.trainer import NonFiniteLossError, Phase, Schedule, make_context, run_phases
 
     cfg = tiny_cfg()
-    ctx = make_context(cfg, torch.device("cpu"), Path(cfg.work_dir) / "checkpoints")
+    ctx = make_context(cfg, torch.device("cpu"), "train_cam", Path(cfg.work_dir) / "checkpoints")
     calls = {"n": 0}
 
     def loss_with_fault(net, batch, ctx):

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from wsss.cam.files import load_cam
+from wsss.data.cam_files import load_cam
 from wsss.cam.make import make_cams
 from wsss.cam.training import build_cam_model, cam_phases, load_cam_model, train_cam
 from wsss.engine.checkpoint import load_checkpoint, save_checkpoint
-from wsss.engine.trainer import make_context, run_phases
+from wsss.engine.trainer import make_context, run_phases, setup_runtime
 
 REPO = Path(__file__).resolve().parents[1]
 OUR_CODE = tuple(str(REPO / d) for d in ("wsss/engine", "wsss/cam", "wsss/models", "ppl_wsss", "gslm"))
@@ -55,7 +55,7 @@ def test_amp_and_channels_last_training_runs_and_learns(tiny_cfg, amp):
     torch.manual_seed(0)
     model = build_cam_model(cfg)
     init = {k: v.clone() for k, v in model.state_dict().items()}
-    ctx = make_context(cfg, torch.device("cpu"), Path(cfg.work_dir) / "checkpoints")
+    ctx = make_context(cfg, torch.device("cpu"), "train_cam", Path(cfg.work_dir) / "checkpoints")
     final = load_checkpoint(run_phases(model, cam_phases(cfg), ctx))["model"]
     assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())
     assert all(v.dtype == init[k].dtype for k, v in final.items())  # master weights stay fp32
@@ -69,7 +69,7 @@ def test_fp16_checkpoint_holds_the_grad_scaler(tiny_cfg, monkeypatch):
     saved = []
     real_save = trainer.save_checkpoint
     monkeypatch.setattr(trainer, "save_checkpoint", lambda p, s: (saved.append(s), real_save(p, s)))
-    ctx = make_context(cfg, torch.device("cpu"), Path(cfg.work_dir) / "checkpoints")
+    ctx = make_context(cfg, torch.device("cpu"), "train_cam", Path(cfg.work_dir) / "checkpoints")
     run_phases(build_cam_model(cfg), cam_phases(cfg)[:1], ctx)
     interval = [s for s in saved if "scaler" in s]
     assert interval and all(s["scaler"].get("scale", 0) > 0 for s in interval)
@@ -111,7 +111,7 @@ def test_compiled_training_matches_eager(tiny_cfg, tmp_path, backend):
         cfg = tiny_cfg(**{"runtime.compile": compile_, "runtime.compile_backend": backend, "runtime.deterministic": True,
                           "train.max_steps": 2, "train.lr": 0.01}, work_dir=tmp_path / tag)
         torch.manual_seed(0)
-        return load_checkpoint(train_cam(cfg))["model"]
+        return load_checkpoint(train_cam(cfg, setup_runtime(cfg)))["model"]
 
     torch._dynamo.reset()
     try:
@@ -131,7 +131,7 @@ def test_persistent_loader_workers_give_the_same_run(tiny_cfg, tmp_path):
                           "runtime.deterministic": True},
                        work_dir=tmp_path / f"w{workers}")
         torch.manual_seed(0)
-        finals.append(load_checkpoint(train_cam(cfg))["model"])
+        finals.append(load_checkpoint(train_cam(cfg, setup_runtime(cfg)))["model"])
     for k in finals[0]:
         assert torch.equal(finals[0][k], finals[1][k]), k
 
@@ -164,7 +164,7 @@ def test_training_loop_syncs_only_at_logging_intervals(tiny_cfg, monkeypatch, tm
     for steps in (3, 9):
         cfg = tiny_cfg(config, **{"train.log_interval": 1000, "train.ckpt_interval": 0},
                        work_dir=tmp_path / f"s{steps}")
-        ctx = make_context(cfg, torch.device("cpu"), Path(cfg.work_dir) / "checkpoints")
+        ctx = make_context(cfg, torch.device("cpu"), "train_cam", Path(cfg.work_dir) / "checkpoints")
         phase = cam_phases(cfg)[0]
         phase = dataclasses.replace(phase, schedule=dataclasses.replace(
             phase.schedule, epochs=100, max_steps=steps, log_interval=1000, ckpt_interval=0))

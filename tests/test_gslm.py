@@ -83,7 +83,7 @@ def test_gslm_run_glm_and_rounds(tiny_root, tmp_path):
     assert [Path(r["cam_dir"]).relative_to(work / "gslm").as_posix() for r in table] == \
         ["round0/cams", "round1/cams_eval_nearest", "round2/cams_eval_nearest"]
     assert len(list((work / "gslm" / "round1" / "cams_eval_nearest").glob("*.npz"))) == 12
-    assert json.loads((work / "gslm" / "round1" / "cams_eval_nearest" / "made_by.json").read_text())["resize_mode"] == "nearest"
+    assert json.loads((work / "gslm" / "round1" / "cams_eval_nearest" / "made_by.json").read_text())["keys"]["cam.resize_mode"] == "nearest"
     assert "| round 2 |" in out.stdout and "CAM+CRF mIoU @ round thr." in out.stdout
     # the final weights are round 2's
     final = torch.load(work / "checkpoints" / "final.pth", weights_only=True)["model"]
@@ -160,7 +160,7 @@ def test_gslm_from_a_finished_cam_run_equals_gslm_training_its_glm(tiny_root, tm
     relies on it); the file's SHA-256 is in the training record, other weights under the
     same name are refused, a missing file is a one-line error."""
     from conftest import CONFIGS, assert_same_weights, run_script_here, tiny_overrides
-    from wsss.provenance import file_sha256
+    from wsss.records import file_sha256
 
     base, own, reuse = tmp_path / "baseline", tmp_path / "gslm_own_glm", tmp_path / "gslm_reused_glm"
     run_script_here("train_cam.py", "--config", str(CONFIGS / "cam/cam_r18_synthetic.yaml"), *tiny_overrides(tiny_root, base), check=True)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import CONFIGS, REPO, assert_same_weights, finished_files, kill_when, run_script_here, tiny_overrides
-from wsss.cam.files import load_cam
+from wsss.data.cam_files import load_cam
 from wsss.engine.checkpoint import load_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "2"}
@@ -95,7 +95,8 @@ def test_make_cam_and_make_pseudo_killed_midway(tiny_root, tmp_path):
     _run_here(_cmd("train_cam.py", "cam/cam_r18_synthetic.yaml", tiny_root, ref, **extra))
     work.mkdir()
     (work / "checkpoints").mkdir()
-    (work / "checkpoints" / "final.pth").write_bytes((ref / "checkpoints" / "final.pth").read_bytes())
+    for name in ("final.pth", "made_by.json"):  # the finished training, with its record
+        (work / "checkpoints" / name).write_bytes((ref / "checkpoints" / name).read_bytes())
     _run_here(_cmd("make_cam.py", "cam/cam_r18_synthetic.yaml", tiny_root, ref, **extra))
     _run_here(_cmd("make_pseudo.py", "cam/cam_r18_synthetic.yaml", tiny_root, ref, **extra))
 

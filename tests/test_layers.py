@@ -1,4 +1,5 @@
-"""The import graph keeps the layering: no import circle among wsss, ppl_wsss, gslm and tools; the
+"""The import graph keeps the layering: no import circle among wsss, ppl_wsss, gslm and tools, between
+modules or between packages (wsss.cam, wsss.pseudo, ...: no arrow runs back up); the
 shared layer (wsss) never imports a method package (methods plug in through wsss.registry);
 no library package (wsss or a method) imports the tools (benchmarks, the bench); wsss.data
 knows no training loop (no wsss.engine). Imports inside functions count too."""
@@ -116,7 +117,29 @@ def broken_rules(edges: dict[str, set[str]]) -> list[str]:
             if a.split(".")[0] != "tools" and b.split(".")[0] == "tools"]
     out += [f"{a} imports {b}: data knows no training loop" for a in sorted(edges) for b in sorted(edges[a])
             if (a == "wsss.data" or a.startswith("wsss.data.")) and (b == "wsss.engine" or b.startswith("wsss.engine."))]
-    out += ["import circle: " + " <-> ".join(c) for c in cycles(edges)]
+    circles = cycles(edges)
+    out += ["import circle: " + " <-> ".join(c) for c in circles]
+    out += ["package circle: " + " <-> ".join(c) for c in cycles(package_graph(edges)) if c not in circles]
+    return out
+
+
+def unit(module: str) -> str:
+    """A module's package below a top package (wsss.cam.make -> wsss.cam); a module directly in
+    a top package stands for itself (wsss.stages)."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 else module
+
+
+def package_graph(edges: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The import graph between packages (and a top package's own modules): no arrow may run
+    back up, e.g. wsss.cam -> wsss.pseudo -> wsss.cam."""
+    out: dict[str, set[str]] = {}
+    for a, targets in edges.items():
+        out.setdefault(unit(a), set())
+        for b in targets:
+            out.setdefault(unit(b), set())
+            if unit(a) != unit(b):
+                out[unit(a)].add(unit(b))
     return out
 
 
@@ -148,13 +171,20 @@ def test_checker_finds_circles_forbidden_edges_and_function_level_imports():
     assert broken_rules(import_graph(tool)) == ["gslm.m imports tools.t: the library knows no tool"]
 
     data = dict(clean, **_fake(wsss__data__d="from ..engine.f import y\n", wsss__engine__f="y = 0\n"))  # relative
-    assert broken_rules(import_graph(data)) == ["wsss.data.d imports wsss.engine.f: data knows no training loop"]
+    assert broken_rules(import_graph(data)) == ["wsss.data.d imports wsss.engine.f: data knows no training loop",
+                                                "package circle: wsss.data <-> wsss.engine"]  # engine.e imports data.d
+
+    # no module circle, but the packages import each other: wsss.cam.x -> wsss.pseudo.y -> wsss.cam.z
+    up = dict(clean, **_fake(wsss__cam__x="import wsss.pseudo.y\n", wsss__pseudo__y="from wsss.cam.z import q\n",
+                             wsss__cam__z="q = 0\n"))
+    up["wsss.cam"], up["wsss.pseudo"] = ("", True), ("", True)
+    assert broken_rules(import_graph(up)) == ["package circle: wsss.cam <-> wsss.pseudo"]
 
 
 def test_checker_reads_the_real_tree():
     edges = import_graph(read_sources())
     assert {"wsss.config", "wsss.registry", "wsss.engine.trainer", "ppl_wsss.method", "gslm.slm"} <= set(edges)
-    assert "wsss.registry" in edges["wsss.config"]
+    assert "wsss.registry" in edges["wsss.config.load"]
     assert "wsss.models.cam_net" in edges["ppl_wsss.method"]
     assert "wsss.registry" in edges["tools.benchmark"]
 

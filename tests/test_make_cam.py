@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from wsss.cam.files import cam_path, load_cam
+from wsss.data.cam_files import cam_path, load_cam
+from wsss.cam.inference import multiscale_cam, normalize_cams
 from wsss.cam.make import make_cams
 from wsss.cam.training import build_cam_model, load_cam_model
 from wsss.data.labels import ImageLabels
@@ -173,3 +174,51 @@ def test_reuse_copies_atomically_when_links_fail(trained_model, tmp_path, monkey
         copy = tmp_path / "b" / p.name
         assert not copy.samefile(p) and copy.read_bytes() == p.read_bytes()
     assert not list((tmp_path / "b").glob(".*"))  # no temp files left
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_kept_classes_only_equal_the_full_maps_bit_for_bit(r18, flip):
+    """Upsampling only an image's classes (and none for an image without any) gives exactly
+    the maps the all-class computation gives for them, high-res and strided."""
+    _, model = r18
+    g = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(2, 3, 40, 56, generator=g), torch.randn(2, 3, 20, 28, generator=g)]
+    keys = [torch.tensor([0, 2]), torch.tensor([], dtype=torch.long)]
+    with torch.inference_mode():
+        full, full_st = multiscale_cam(model, inputs, (40, 56), flip=flip, strided_stride=4)
+        kept, kept_st = multiscale_cam(model, inputs, (40, 56), flip=flip, strided_stride=4, keys=keys)
+    for n, k in enumerate(keys):
+        assert torch.equal(kept[n], full[n, k]) and torch.equal(kept_st[n], full_st[n, k])
+        assert torch.equal(normalize_cams(kept[n]), normalize_cams(full[n, k]))
+    assert kept[1].shape == (0, 40, 56) and kept_st[1].shape == (0, 10, 14)
+
+
+def test_channels_last_make_cam_within_1e5(r18, tmp_path):
+    """channels_last (runtime.channels_last, opt-in) reorders the convolutions' arithmetic:
+    its CAM files stay within 1e-5 of the standard layout's at these sizes."""
+    cfg, model = r18
+    make_cams(cfg, model, torch.device("cpu"), split="val", out_dir=tmp_path / "nchw")
+    cfg.runtime.channels_last = True
+    cl = load_cam_model(cfg, cfg.cam.checkpoint).to(memory_format=torch.channels_last)
+    make_cams(cfg, cl, torch.device("cpu"), split="val", out_dir=tmp_path / "cl")
+    for p in sorted((tmp_path / "nchw").glob("*.npz")):
+        a, b = load_cam(p), load_cam(tmp_path / "cl" / p.name)
+        np.testing.assert_allclose(b["high_res"], a["high_res"], atol=1e-5, rtol=0)
+
+
+def test_reference_loop_make_cam_equals_ours(r18, tmp_path):
+    """The benchmark's baseline (the reference's make_cam as a plain loop) computes our CAM
+    files: the same keys, high-res and strided maps within 1e-5."""
+    from tools.reference_loops import load_cam_npy, make_cam
+
+    cfg, model = r18
+    cfg.cam.save_strided = True
+    ids = VOCLayout(cfg.data.root).read_split("val")[:3]
+    labels = ImageLabels.load(cfg.data.label_file)
+    make_cams(cfg, model, torch.device("cpu"), split="val", out_dir=tmp_path / "ours")
+    make_cam(model, cfg.data.root, ids, {i: labels.multi_hot(i) for i in ids}, tmp_path / "ref", scales=cfg.cam.scales)
+    for i in ids:
+        ours, ref = load_cam(cam_path(tmp_path / "ours", i)), load_cam_npy(tmp_path / "ref" / f"{i}.npz")
+        assert np.array_equal(ours["keys"], ref["keys"])
+        np.testing.assert_allclose(ours["high_res"], ref["high_res"], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(ours["strided"], ref["cam"], atol=1e-5, rtol=0)

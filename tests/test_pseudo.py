@@ -1,9 +1,14 @@
 import numpy as np
 import pytest
+import torch
 
+from wsss.cam.make import make_cams
 from wsss.config import CRFConfig
+from wsss.data.cam_files import cam_path, load_cam
+from wsss.data.voc import VOCLayout
 from wsss.pseudo.crf import crf_labels
-from wsss.pseudo.make import cams_to_pseudo, make_pseudo_masks
+from wsss.pseudo.make import make_pseudo_masks
+from wsss.pseudo.refine import cams_to_pseudo
 
 
 def _hand_made():
@@ -103,3 +108,28 @@ def test_crf_pixel_units_scale_with_the_image_size():
     halved = crf_labels(img, [labels], 2, dataclasses.replace(CRFConfig(), gauss_sxy=1.5, bilateral_sxy=25.0))[0]
     as_given = crf_labels(img, [labels], 2, CRFConfig())[0]
     assert np.array_equal(scaled, halved) and not np.array_equal(scaled, as_given)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_make_pseudo_equals_the_reference_loop(r18, tmp_path, workers):
+    """Our make_pseudo (shared pairwise terms, pool started once, one image per task, the
+    retained heap) writes the masks of the reference's procedure (two CRFs of their own per
+    image, a plain pool over the ids), pixel for pixel."""
+    from tools.reference_loops import make_pseudo
+    from wsss.fileio import read_mask
+
+    cfg, model = r18
+    cfg.pseudo.crf_params.reference_size = 0  # the reference's CRF: kernels in pixels as given (VOC's configs)
+    make_cams(cfg, model, torch.device("cpu"), split="val")
+    ids = VOCLayout(cfg.data.root).read_split("val")
+    ref_cams = tmp_path / "ref_cams"
+    ref_cams.mkdir()
+    for i in ids:
+        d = load_cam(cam_path(cfg.cam.out_dir, i))
+        np.savez(ref_cams / f"{i}.npz", keys=d["keys"], high_res=d["high_res"])
+    make_pseudo_masks(cfg, split="val", out_dir=cfg.work_dir + "/pseudo_ours", workers=workers)
+    make_pseudo(cfg.data.root, ids, ref_cams, tmp_path / "ref", workers=workers)
+    for i in ids:
+        ours = read_mask(f"{cfg.work_dir}/pseudo_ours/{i}.png")
+        assert np.array_equal(ours, read_mask(tmp_path / "ref" / f"{i}.png")), i
+        assert (ours == 255).any() or (ours > 0).any()  # not trivially empty

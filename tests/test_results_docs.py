@@ -5,7 +5,7 @@ import json
 import re
 
 from conftest import REPO
-from wsss.results import RENDERERS, documents, load_published, marked_sections, render
+from tools.published import RENDERERS, documents, load_published, marked_sections, render
 
 
 def test_result_sections_equal_their_published_json():

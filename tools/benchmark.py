@@ -24,7 +24,7 @@ import torch
 
 from wsss.config import Config, load_config
 from wsss.registry import bench_phase
-from wsss.reporting import md_table
+from wsss.reports import md_table
 
 REPO = Path(__file__).resolve().parents[1]
 # the synthetic configs of compare_methods (tools.compare.ARMS), under the benchmark's names
@@ -63,7 +63,7 @@ def bench_train(args, work: Path, method: str, extra: list[str] | None = None) -
 
     cfg = bench_config(method, args, work, extra)
     device = setup_runtime(cfg)
-    ctx = make_context(cfg, device, work / "checkpoints")
+    ctx = make_context(cfg, device, "train_cam", work / "checkpoints")
     times: list[float] = []
 
     def mark(step: int) -> None:  # the end of each step, measured from outside the loop

@@ -130,9 +130,9 @@ def pseudo_cams(s: Settings, split: str) -> tuple[str, str]:
     holds the same arrays in the reference loop's own file (one npz of arrays per image)."""
     import torch
 
-    from wsss.cam.files import cam_path, load_cam
     from wsss.cam.make import make_cams
     from wsss.cam.training import build_cam_model
+    from wsss.data.cam_files import cam_path, load_cam
     from wsss.data.voc import VOCLayout
 
     base = Path(s.out) / "pseudo_cams"
@@ -200,8 +200,8 @@ def _child_make_cam(spec: dict, ours: bool) -> dict:
             model.to(memory_format=torch.channels_last)
         r = make_cams(cfg, model, torch.device("cpu"), split=spec["split"], out_dir=out, redo=True, progress=False)
         return {"threads": torch.get_num_threads(), "steady_images_per_s": r.get("steady_images_per_s")}
-    from wsss.cam.training import build_cam_model
     from tools.reference_loops import make_cam
+    from wsss.cam.training import build_cam_model
 
     model = build_cam_model(cfg, pretrained=False)
     model.load_state_dict(torch.load(spec["weights"], map_location="cpu", weights_only=True))
@@ -224,11 +224,12 @@ def _child_train_cam(spec: dict, ours: bool) -> dict:
     torch.manual_seed(s.seed)
     if ours:
         from wsss.cam.training import train_cam
+        from wsss.engine.trainer import setup_runtime
 
-        train_cam(cfg, resume=False)
+        train_cam(cfg, setup_runtime(cfg), resume=False)
         return {"threads": torch.get_num_threads()}
-    from wsss.cam.training import build_cam_model
     from tools.reference_loops import train_cam as ref_train
+    from wsss.cam.training import build_cam_model
 
     work.mkdir(parents=True, exist_ok=True)
     model = build_cam_model(cfg, pretrained=False)
@@ -315,8 +316,8 @@ def child_main(argv: list[str]) -> None:
 # --------------------------------------------------------------------------
 def compare_cams(ours_dir: str | Path, ref_dir: str | Path) -> dict:
     """Largest |ours - reference| of the high-res and strided maps over every file; keys equal."""
-    from wsss.cam.files import load_cam
     from tools.reference_loops import load_cam_npy
+    from wsss.data.cam_files import load_cam
 
     worst = {"high_res": 0.0, "strided": 0.0}
     files = sorted(Path(ref_dir).glob("*.npz"))
@@ -440,13 +441,13 @@ def profile_make_pseudo(s: Settings, prep: dict) -> dict:
     the PNG write."""
     import tempfile
 
-    from wsss.cam.files import cam_path, load_cam
+    from pydensecrf.utils import unary_from_labels
+
+    from wsss.data.cam_files import cam_path, load_cam
+    from wsss.data.voc import VOCLayout
     from wsss.fileio import read_image, write_palette_png
     from wsss.pseudo.crf import _dense_crf
-    from wsss.data.voc import VOCLayout
-    from wsss.pseudo.make import combine_fg_bg, threshold_labels
-
-    from pydensecrf.utils import unary_from_labels
+    from wsss.pseudo.refine import combine_fg_bg, threshold_labels
 
     ours_cams, _ = pseudo_cams(s, "pseudo")
     cfg = _config(s, Path(s.out) / "profile", [])
@@ -540,7 +541,7 @@ def run_all(s: Settings, after_stage=None) -> dict:
 # report
 # --------------------------------------------------------------------------
 def markdown(res: dict) -> str:
-    from wsss.results import render_reference_tables
+    from tools.published import render_reference_tables
 
     return render_reference_tables(res)
 

@@ -4,7 +4,7 @@ Every arm (baseline CAM, PPL progressive, PPL explicit, GSLM) runs its pipeline 
 pseudo masks on the same synthetic data with several training seeds, and once more on a
 held-out data seed that no config was tuned on. The bench then
 
-* checks the premise on the baseline runs (wsss.cam.premise): parts covered, bodies not,
+* checks the premise on the baseline runs (tools.premise): parts covered, bodies not,
   no class flooding, precise pseudo masks; without it the bench cannot say anything;
 * reports each arm's mean and standard deviation, and calls a difference from the baseline
   an effect only when it is larger than twice the baseline's standard deviation;
@@ -189,7 +189,7 @@ def run_one(name: str, config: str, work: Path, overrides: list[str], stages: st
 
 def collect_run(work: Path, seconds: float | None = None) -> dict:
     """The numbers of one finished run: the summary's, the coverage, the premise check."""
-    from wsss.cam.premise import check_premise
+    from tools.premise import check_premise
 
     s = read_json(work / "metrics" / "summary.json")
     row = {"work_dir": str(work), **s["numbers"], "stage_seconds": s["seconds"], "seconds": seconds}
@@ -253,7 +253,8 @@ def verdict(diff: float, baseline_std: float) -> str:
 
 
 def run_bench(b: Bench, results: str | None = None) -> dict:
-    from wsss.results import provenance_fields, publish, render_bench
+    from tools.published import publish, render_bench
+    from wsss.reports import run_info
 
     t0 = time.perf_counter()
     runs: dict[str, list[dict]] = {}
@@ -313,7 +314,7 @@ def run_bench(b: Bench, results: str | None = None) -> dict:
             "out": str(b.out)}
     md = render_bench(data)
     made_on = read_json(Path(next(iter(runs.values()))[0]["work_dir"]) / "metrics" / "summary.json").get("made_on") if runs else None
-    atomic_write_json(b.out / "bench.json", {**data, **provenance_fields(), "made_on": made_on})
+    atomic_write_json(b.out / "bench.json", {**data, **run_info(), "made_on": made_on})
     atomic_write_text(b.out / "bench.md", md)
     print(md)
     print(f"saved {b.out / 'bench.json'}")

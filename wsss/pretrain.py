@@ -19,29 +19,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from wsss.config import register_section, to_dict
+from wsss.config import to_dict
 from wsss.fileio import file_sha256
-
-
-@dataclass
-class PretrainConfig:
-    enabled: bool = False  # make model.weights by pretraining when the file is missing
-    corpus_root: str = "data/pretrain_corpus"
-    seed: int = 1000  # the corpus's seed; no synthetic mini-VOC config uses this stream
-    image_size: int = 64
-    num_train: int = 4000
-    num_val: int = 400
-    num_classes: int = 20
-    epochs: int = 5
-    batch_size: int = 32
-    lr: float = 0.003  # AdamW, one-cycle schedule (15% warm-up): from random init it needs neither BN tuning nor a long warm-up
-    weight_decay: float = 1e-4
-
-
-register_section("pretrain", PretrainConfig)
 
 # keys that cannot change the weights
 _NOT_RECIPE = ("enabled", "corpus_root")

@@ -1,4 +1,4 @@
-"""What method packages plug into: config sections, CAM models, training phases, outputs.
+"""What method packages plug into: their config sections, CAM models, training phases, outputs.
 
 The registry knows names and factories only; it imports no other module of the
 project by name. A factory is a callable, or a ``"package.module:attribute"``
@@ -28,27 +28,22 @@ _SECTION_USED: dict[str, Callable[[dict], bool]] = {}  # optional sections: when
 _MODELS: dict[str, Factory] = {}
 _PHASE_PLANS: dict[str, Factory] = {}
 _EXTRA_PHASES: list[Factory] = []
-_FINALIZERS: list[Factory] = []
 _CAM_SOURCES: list[Factory] = []
 _SUMMARY_EXTRAS: list[Factory] = []
 _BENCH_PHASES: list[Factory] = []
 _PLUGINS_LOADED = False
 _MODELS_LOADED = False
 
-# the shared layer's own registrations: config sections (imported with the plugins) ...
-_SHARED_SECTIONS = ("wsss.seg.config", "wsss.pipeline_config", "wsss.pretrain")
-# ... and models (imported only when a model is looked up: they import torch)
+# the shared layer's own models (imported only when a model is looked up: they import torch)
 _SHARED_MODELS = ("wsss.models.cam_net",)
 
 
 def import_plugins() -> None:
-    """Import the shared layer's config sections and every installed method package, once."""
+    """Import every installed method package, once."""
     global _PLUGINS_LOADED
     if _PLUGINS_LOADED:
         return
     _PLUGINS_LOADED = True
-    for name in _SHARED_SECTIONS:
-        import_module(name)
     for ep in sorted(entry_points(group="wsss.methods"), key=lambda e: e.name):
         import_module(ep.value)
 
@@ -86,11 +81,12 @@ def _add(registry: list[Factory], fn: Factory) -> Factory:
 # config sections
 # --------------------------------------------------------------------------
 def register_section(name: str, schema: type, used: Callable[[dict], bool] | None = None, optional: bool = False) -> type:
-    """Declare a top-level config section (a dataclass) owned by the calling module.
+    """Declare a method's top-level config section (a dataclass); the shared sections are
+    :mod:`wsss.config.schema`'s.
 
     ``wsss.config`` builds ``cfg.<name>`` from it when a config is loaded (from the
-    YAML's ``<name>:`` mapping, or from the dataclass's defaults). A method's section is
-    ``optional``: it is in the config only when the YAML (or an override) sets it, or when
+    YAML's ``<name>:`` mapping, or from the dataclass's defaults). With ``optional`` or
+    ``used``, it is in the config only when the YAML (or an override) sets it, or when
     ``used(tree)`` says the config needs it (e.g. its model is the method's), so a baseline
     run's resolved config carries no method's keys."""
     if not dataclasses.is_dataclass(schema):
@@ -112,16 +108,6 @@ def config_sections() -> dict[str, type]:
     """Every registered section, in registration order (plugins imported first)."""
     import_plugins()
     return dict(_SECTIONS)
-
-
-def register_finalizer(fn: Factory) -> Factory:
-    """``fn(cfg)`` fills derived defaults of a registered config section (at load time)."""
-    return _add(_FINALIZERS, fn)
-
-
-def run_finalizers(cfg: Any) -> None:
-    for fn in _FINALIZERS:
-        resolve(fn)(cfg)
 
 
 # --------------------------------------------------------------------------

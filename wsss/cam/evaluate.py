@@ -7,16 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
-from wsss.cam.files import cam_path, load_cam
-from wsss.config import Config
+from wsss.config import Config, CRFConfig
+from wsss.data.cam_files import cam_path, load_cam
 from wsss.data.labels import ImageLabels
 from wsss.data.voc import VOCLayout
 from wsss.fileio import read_image, read_mask
 from wsss.metrics import ThresholdSweep, confusion_matrix, coverage, region_map, scores, threshold_range
 from wsss.parallel import chunks, imap_unordered
-from wsss.config import CRFConfig
-from wsss.pseudo.make import refined_labels
-from wsss.reporting import fmt, md_table, per_class_rows, save_metrics
+from wsss.pseudo.refine import refined_labels
+from wsss.reports import md_table, pct, per_class_rows, save_metrics
 
 
 def coverage_table(cov: dict) -> str:
@@ -24,8 +23,8 @@ def coverage_table(cov: dict) -> str:
     rows = []
     for key in ("best", "fixed"):
         c = cov[key]
-        rows.append([f"all ({key} {c['threshold']:.2f})", fmt(c["part"]), fmt(c["body"]), fmt(c["background_fp"])])
-        rows += [[f"  {name}", fmt(v["part"]), fmt(v["body"]), fmt(v["background_fp"])] for name, v in c["per_class"].items()]
+        rows.append([f"all ({key} {c['threshold']:.2f})", pct(c["part"]), pct(c["body"]), pct(c["background_fp"])])
+        rows += [[f"  {name}", pct(v["part"]), pct(v["body"]), pct(v["background_fp"])] for name, v in c["per_class"].items()]
     return md_table(["class (threshold)", "part covered", "body covered", "background FP"], rows)
 
 
@@ -138,18 +137,18 @@ def evaluate_cams(cfg: Config, split: str | None = None, cam_dir: str | Path | N
         "seconds": round(time.perf_counter() - t0, 3),
     }
     md = (f"# CAM evaluation ({split}, {out['num_images']} images)\n\n"
-          f"Best background threshold **{best['threshold']:.2f}**: mIoU **{fmt(best['miou'])}**\n\n")
+          f"Best background threshold **{best['threshold']:.2f}**: mIoU **{pct(best['miou'])}**\n\n")
     if report is not None:
-        md += f"At the reporting threshold {report['threshold']:.2f}: mIoU {fmt(report['miou'])}\n\n"
+        md += f"At the reporting threshold {report['threshold']:.2f}: mIoU {pct(report['miou'])}\n\n"
     if refined is not None:
-        md += f"CAM+CRF (label CRF of the pseudo masks) at {refined['threshold']:.2f}: mIoU **{fmt(refined['miou'])}**\n\n"
+        md += f"CAM+CRF (label CRF of the pseudo masks) at {refined['threshold']:.2f}: mIoU **{pct(refined['miou'])}**\n\n"
     md += md_table(["class", "IoU", "precision", "recall"], per_class_rows(best))
     if out["coverage"] is not None:
         md += "\n## Coverage of parts and bodies (synthetic data)\n\n" + coverage_table(out["coverage"])
     if refined is not None:
         md += f"\n## CAM+CRF at {refined['threshold']:.2f}\n\n" + md_table(["class", "IoU", "precision", "recall"],
                                                                             per_class_rows(refined))
-    md += "\n## mIoU by threshold\n\n" + md_table(["threshold", "mIoU"], [[f"{r['threshold']:.2f}", fmt(r["miou"])] for r in results])
+    md += "\n## mIoU by threshold\n\n" + md_table(["threshold", "mIoU"], [[f"{r['threshold']:.2f}", pct(r["miou"])] for r in results])
     if save:
         j, m = save_metrics(cfg, name, out, md)
         out["files"] = [str(j), str(m)]
@@ -157,12 +156,17 @@ def evaluate_cams(cfg: Config, split: str | None = None, cam_dir: str | Path | N
         print(md_table(["class", "IoU", "precision", "recall"], per_class_rows(best)))
         if out["coverage"] is not None:
             print(coverage_table(out["coverage"]))
-        line = f"CAM mIoU on {split}: {fmt(best['miou'])} at best threshold {best['threshold']:.2f}"
+        line = f"CAM mIoU on {split}: {pct(best['miou'])} at best threshold {best['threshold']:.2f}"
         if report is not None:
-            line += f"; {fmt(report['miou'])} at {report['threshold']:.2f}"
+            line += f"; {pct(report['miou'])} at {report['threshold']:.2f}"
         if refined is not None:
-            line += f"; CAM+CRF {fmt(refined['miou'])} at {refined['threshold']:.2f}"
+            line += f"; CAM+CRF {pct(refined['miou'])} at {refined['threshold']:.2f}"
         print(line)
         if save:
             print(f"saved {out['files'][0]}")
     return out
+
+
+def eval_cam_stage(cfg: Config, device, redo: bool) -> dict:
+    """The eval_cam stage (wsss.stages)."""
+    return evaluate_cams(cfg)

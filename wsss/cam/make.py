@@ -1,8 +1,6 @@
 """make_cam: write one CAM file per image of a split, skipping finished ids, sharded across ranks."""
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import time
@@ -12,19 +10,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from wsss.cam.files import cam_path, save_cam
+from wsss import layout, records
 from wsss.cam.inference import multiscale_cam, normalize_cams
 from wsss.config import Config
+from wsss.data.cam_files import cam_path, save_cam
 from wsss.data.datasets import InferenceDataset, collate_single
 from wsss.data.labels import ImageLabels
 from wsss.data.voc import VOCLayout
-from wsss.engine.checkpoint import unwrap
-from wsss.engine.distributed import barrier, get_rank, get_world_size
-from wsss.fileio import atomic_path, atomic_write_json, read_json, remove_stale_temps
-from wsss.fingerprint import StaleOutputError, cam_settings, changed
+from wsss.engine.checkpoint import state_sha256
+from wsss.engine.distributed import barrier, get_rank, get_world_size, is_main
+from wsss.fileio import atomic_path, remove_stale_temps
 from wsss.parallel import retain_freed_memory
+from wsss.reports import md_table, save_metrics
 
-MADE_BY = "made_by.json"  # in every CAM folder: the weights and settings its files come from
 BATCH_ON_CPU = False  # cam.images_per_batch applies on CUDA (tests switch it on to check batching on the CPU)
 
 
@@ -56,42 +54,42 @@ class _Batcher:
         return out or None
 
 
-def state_sha256(model: torch.nn.Module) -> str:
-    """SHA-256 of a model's tensors (names and bytes), whatever its device or memory format."""
-    h = hashlib.sha256()
-    for k, v in sorted(unwrap(model).state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+def cam_weights_input(cfg: Config) -> dict:
+    """What make_cam reads (its row's inputs, wsss.stages): the weights' tensors of
+    cam.checkpoint by their SHA-256 (a checkpoint of this work_dir's training must match
+    train_cam's record). When the weights file is gone (deleted to save space), the CAMs' own
+    record stands for it, and every other setting must still match."""
+    from wsss.cam.training import load_cam_model
+    from wsss.stages import STAGES
+
+    ckpt = Path(cfg.cam.checkpoint)
+    if not ckpt.is_file():
+        rec = records.recorded(cfg, STAGES["make_cam"]) or {}
+        return {"weights_sha256": rec.get("inputs", {}).get("weights_sha256")}
+    if layout.inside(ckpt, layout.cam_checkpoints(cfg)):
+        records.checked(cfg, STAGES["train_cam"])
+    settings = records.digest(records.stage_keys(cfg, STAGES["make_cam"]))
+    sha = records.cached(("cam", *records.file_key(ckpt), settings), lambda: state_sha256(load_cam_model(cfg, ckpt)))
+    return {"weights_sha256": sha}
 
 
-def cam_fingerprint(cfg: Config, model: torch.nn.Module) -> dict:
-    """What a CAM file depends on: a hash of the weights and every setting that changes a CAM
-    value (wsss.fingerprint: the cam section, the model and method sections, the
-    normalisation, AMP). Not the data root or the initial weights' path: moving either must
-    not invalidate finished CAMs."""
-    return json.loads(json.dumps({"weights_sha256": state_sha256(model), **cam_settings(cfg)}))
+def cam_record(cfg: Config, model: torch.nn.Module) -> dict:
+    """make_cam's record (wsss.records) for these weights: a CAM file depends on the weights'
+    tensors and every setting that changes a CAM value (the cam section, the model and
+    method sections, the normalisation, AMP); not on the data root or the initial weights'
+    path: moving either must not invalidate finished CAMs."""
+    from wsss.stages import STAGES
+
+    return records.expected(cfg, STAGES["make_cam"], inputs={"weights_sha256": state_sha256(model)})
 
 
-def _made_by(directory: Path) -> dict | None:
-    f = directory / MADE_BY
-    return read_json(f) if f.is_file() else None
+def claim_cam_dir(cfg: Config, out_dir: Path, record: dict, redo: bool) -> None:
+    """``out_dir`` holds CAMs of ``record``: finished files made by other weights or settings
+    (or without a record) are an error unless ``redo``, which removes them first."""
+    from wsss.stages import STAGES
 
-
-def _stale(cfg: Config, out_dir: Path, fp: dict, before: dict | None) -> StaleOutputError | None:
-    """The error for a folder whose finished CAMs were made by other weights or settings
-    (or whose files have no record), or None."""
-    finished = any(not p.name.startswith(".") for p in out_dir.glob("*.npz"))
-    unrecorded = before is None and finished
-    if not finished or (before is not None and not changed(before, fp)):
-        return None  # nothing made under another record: the record is simply replaced
-    return StaleOutputError("make_cam", str(out_dir / MADE_BY), changed(before, fp), "CAMs",
-                            note="no made_by.json beside them" if unrecorded else "")
-
-
-def stale_cam_dir(cfg: Config, model: torch.nn.Module, out_dir: str | Path) -> StaleOutputError | None:
-    """What make_cams would refuse in ``out_dir`` without cam.redo (checked before anything is written)."""
-    return _stale(cfg, Path(out_dir), cam_fingerprint(cfg, model), _made_by(Path(out_dir)))
+    records.claim(STAGES["make_cam"], out_dir, record, bool(layout.finished(out_dir, "*.npz")), redo,
+                  lambda: layout.discard_files(out_dir, "*.npz"))
 
 
 def link_cams(src: Path, out_dir: Path, ids: list[str]) -> int:
@@ -115,39 +113,23 @@ def make_cams(cfg: Config, model: torch.nn.Module, device: torch.device, split: 
               reuse_from: list[Path] | None = None) -> dict:
     """CAM files for this rank's share of ``split``; returns counts and throughput.
 
-    The folder's ``made_by.json`` records the weights and settings; finished files made by
-    other ones are an error unless ``redo``. Files of a folder in ``reuse_from`` made by the
-    same weights and settings are linked instead of recomputed.
+    The folder's ``made_by.json`` records the weights and settings (:func:`cam_record`);
+    finished files made by other ones are an error unless ``redo``. Files of a folder in
+    ``reuse_from`` made by the same weights and settings are linked instead of recomputed.
     """
     c = cfg.cam
     split = split or c.split
     out_dir = Path(out_dir or c.out_dir)
     redo = c.redo if redo is None else redo
-    layout = VOCLayout(cfg.data.root)
     labels = ImageLabels.load(cfg.data.label_file, cfg.data.num_classes)
-    all_ids = layout.read_split(split)
+    all_ids = VOCLayout(cfg.data.root).read_split(split)
     rank, world = get_rank(), get_world_size()
-    fp = cam_fingerprint(cfg, model)
-    before = _made_by(out_dir)
-    stale = _stale(cfg, out_dir, fp, before)
-    barrier()  # every rank has read the old record before rank 0 replaces it
-    if stale is not None:
-        if not redo:
-            raise stale
-        # files made by other weights or settings go before the new record is written, so a
-        # killed redo never leaves them under it
-        if rank == 0:
-            for p in out_dir.glob("*.npz"):
-                p.unlink(missing_ok=True)
-            (out_dir / MADE_BY).unlink(missing_ok=True)
-        barrier()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if rank == 0 and before != fp:
-        atomic_write_json(out_dir / MADE_BY, fp)
+    record = cam_record(cfg, model)
+    claim_cam_dir(cfg, out_dir, record, redo)
     ids = pending_ids(all_ids[rank::world], out_dir, redo)
     reused = 0
     for src in [] if redo else reuse_from or []:
-        if ids and Path(src).resolve() != out_dir.resolve() and _made_by(Path(src)) == fp:
+        if ids and Path(src).resolve() != out_dir.resolve() and records.read_record(src) == record:
             reused += link_cams(Path(src), out_dir, ids)
             ids = pending_ids(ids, out_dir, False)
     summary = {"split": split, "out_dir": str(out_dir), "images": len(all_ids), "computed_here": len(ids),
@@ -212,3 +194,24 @@ def make_cams(cfg: Config, model: torch.nn.Module, device: torch.device, split: 
         steady = sum(n for n, _ in done_times[1:]) / max(done_times[-1][1] - done_times[0][1], 1e-9)
     return {**summary, "seconds": round(seconds, 2), "images_per_s": len(ids) / max(seconds, 1e-9),
             "steady_images_per_s": steady}
+
+
+def make_cam_stage(cfg: Config, device: torch.device, redo: bool, split: str | None = None) -> dict:
+    """The make_cam stage (wsss.stages): the CAMs of cam.split from cam.checkpoint's weights."""
+    from wsss.cam.training import load_cam_model
+    from wsss.registry import cam_sources
+
+    model = load_cam_model(cfg, cfg.cam.checkpoint, device)
+    if cfg.runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    summary = make_cams(cfg, model, device, split=split, redo=redo, reuse_from=cam_sources(cfg))
+    barrier()
+    if is_main():
+        summary["ranks"] = get_world_size()
+        save_metrics(cfg, "make_cam", summary, md_table(
+            ["split", "images", "computed (rank 0)", "reused (rank 0)", "images/s (rank 0)"],
+            [[summary["split"], summary["images"], summary["computed_here"], summary["reused_here"], f"{summary['images_per_s']:.2f}"]]))
+        reused = f", {summary['reused_here']} linked from the training run's own CAMs" if summary["reused_here"] else ""
+        print(f"CAMs of {summary['images']} images in {summary['out_dir']} "
+              f"({summary['computed_here']} computed on rank 0{reused}, {summary['images_per_s']:.2f} images/s)")
+    return summary

@@ -9,19 +9,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wsss.config import Config, ConfigError, save_config
+from wsss import layout
+from wsss.config import Config, ConfigError
 from wsss.data.datasets import ClassificationDataset
 from wsss.data.labels import ImageLabels
-from wsss.data.synthetic import ensure_data
 from wsss.data.transforms import TrainTransform
 from wsss.data.voc import VOCLayout
 from wsss.engine.checkpoint import load_checkpoint, unwrap
-from wsss.engine.trainer import Phase, Schedule, TrainContext, make_context, run_phases, setup_runtime
+from wsss.engine.trainer import Phase, Schedule, TrainContext, make_context, run_phases
 from wsss.models.backbones import load_state_dict_checked
 from wsss.models.cam_net import multilabel_soft_margin
 from wsss.pretrain import ensure_pretrained
 from wsss.registry import extra_phase_providers, model_builder, model_phase_plan
-from wsss.viz import cam_overlay
+from wsss.visualize import cam_overlay
 
 
 def build_cam_model(cfg: Config, pretrained: bool = True) -> nn.Module:
@@ -117,16 +117,12 @@ def cam_phases(cfg: Config) -> list[Phase]:
     return phases
 
 
-def train_cam(cfg: Config, resume: bool = True) -> Path:
+def train_cam(cfg: Config, device: torch.device, resume: bool = True) -> Path:
     """Train the configured CAM model through all its phases; returns checkpoints/final.pth."""
     if cfg.train.init_checkpoint and not Path(cfg.train.init_checkpoint).is_file():
         raise ConfigError(f"train.init_checkpoint: {cfg.train.init_checkpoint}: no such file")
-    device = setup_runtime(cfg)
-    ensure_data(cfg)
     ensure_pretrained(cfg, device)
-    ctx = make_context(cfg, device, Path(cfg.work_dir) / "checkpoints")
-    if ctx.is_main:
-        save_config(cfg)
+    ctx = make_context(cfg, device, "train_cam", layout.cam_checkpoints(cfg), "tb")
     model = build_cam_model(cfg)
     if cfg.train.init_checkpoint:
         load_trained_weights(model, cfg.train.init_checkpoint)
@@ -139,3 +135,8 @@ def train_cam(cfg: Config, resume: bool = True) -> Path:
     finally:
         if ctx.writer is not None:
             ctx.writer.close()
+
+
+def train_cam_stage(cfg: Config, device: torch.device, redo: bool) -> dict:
+    """The train_cam stage (wsss.stages): ``redo`` starts over."""
+    return {"checkpoint": str(train_cam(cfg, device, resume=not redo))}

@@ -1,6 +1,7 @@
 """Checkpoints: atomic writes, weights_only loading, RNG states as tensors."""
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from pathlib import Path
@@ -71,3 +72,12 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+def state_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's tensors (names and bytes), whatever its device or memory format."""
+    h = hashlib.sha256()
+    for k, v in sorted(unwrap(model).state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -27,12 +27,13 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
+from wsss import layout
 from wsss.config import Config, ScheduleConfig, to_dict
 from wsss.engine.checkpoint import load_checkpoint, model_state, rng_state, save_checkpoint, set_rng_state, unwrap
 from wsss.engine.distributed import get_rank, get_world_size, init_distributed, is_distributed, select_device
 from wsss.engine.optim import build_poly, build_sgd
 from wsss.engine.sampler import ResumableSampler
-from wsss.fileio import atomic_write_json, remove_stale_temps
+from wsss.fileio import remove_stale_temps
 from wsss.parallel import retain_freed_memory
 
 
@@ -84,8 +85,8 @@ class Phase:
 class TrainContext:
     cfg: Config
     device: torch.device
+    stage: str  # the stage that trains (its phases' metrics files are named after it)
     ckpt_dir: Path
-    metrics_dir: Path
     tb_dir: Optional[Path]
     rank: int = 0
     world_size: int = 1
@@ -97,6 +98,10 @@ class TrainContext:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def metrics_dir(self) -> Path:
+        return layout.metrics_dir(self.cfg)
 
     def log(self, msg: str) -> None:
         if self.is_main:
@@ -131,10 +136,11 @@ def setup_runtime(cfg: Config) -> torch.device:
     return device
 
 
-def make_context(cfg: Config, device: torch.device, ckpt_dir: Path, tb_subdir: str = "tb") -> TrainContext:
-    work = Path(cfg.work_dir)
-    ctx = TrainContext(cfg=cfg, device=device, ckpt_dir=Path(ckpt_dir), metrics_dir=work / "metrics",
-                       tb_dir=work / tb_subdir if cfg.runtime.tensorboard else None,
+def make_context(cfg: Config, device: torch.device, stage: str, ckpt_dir: Path, tb_name: str = "tb") -> TrainContext:
+    """The training context of a stage (train_cam, train_seg): its checkpoints in ``ckpt_dir``,
+    each phase's numbers as metrics/<stage>_<phase>.json, TensorBoard in <work_dir>/<tb_name>."""
+    ctx = TrainContext(cfg=cfg, device=device, stage=stage, ckpt_dir=Path(ckpt_dir),
+                       tb_dir=layout.tensorboard(cfg, tb_name) if cfg.runtime.tensorboard else None,
                        rank=get_rank(), world_size=get_world_size())
     if ctx.is_main:
         ctx.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -312,9 +318,9 @@ def _train_phase(model: nn.Module, phase: Phase, ctx: TrainContext, state: dict 
                "seconds_this_run": round(seconds, 2), "images_per_s_this_run": (step - step0) * sched.batch_size / max(seconds, 1e-9)}
     ctx.log(f"[{phase.name}] done: {total} steps, {summary['images_per_s_this_run']:.1f} images/s, {seconds:.1f} s")
     if ctx.is_main:
-        from wsss.reporting import provenance_of
+        from wsss.reports import save_json
 
-        atomic_write_json(ctx.metrics_dir / f"train_{phase.name}.json", {**summary, **provenance_of(cfg), "config": to_dict(cfg)})
+        save_json(cfg, layout.phase_metrics(cfg, ctx.stage, phase.name), summary)
     return summary
 
 

@@ -1,10 +1,5 @@
-"""make_pseudo: CAMs -> fg/bg label maps -> label CRF -> pseudo masks with an uncertain band (255).
-
-As IRN/GSLM: a background plane at ``fg_thres`` gives the fg map and one at
-``bg_thres`` the bg map (argmax over [plane, CAMs]); each is refined by the
-label CRF. Foreground comes from the fg map; a pixel the fg map calls
-background but the bg map calls foreground is uncertain (255).
-"""
+"""make_pseudo: a pseudo mask per image of a split from its CAMs (wsss.pseudo.refine), in
+worker processes, sharded across ranks; and their evaluation against GT (eval_pseudo)."""
 from __future__ import annotations
 
 import time
@@ -13,50 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-from wsss.cam.files import cam_path, load_cam
-from wsss.config import Config
+from wsss.config import Config, CRFConfig
+from wsss.data.cam_files import cam_path, load_cam
+from wsss.data.labels import ImageLabels
 from wsss.data.voc import VOCLayout
-from wsss.engine.distributed import get_rank, get_world_size
+from wsss.engine.distributed import barrier, get_rank, get_world_size, is_main
 from wsss.fileio import DataError, read_image, read_mask, remove_stale_temps, write_palette_png
 from wsss.metrics import confusion_matrix, scores
 from wsss.parallel import chunks, imap_unordered
-from wsss.config import CRFConfig
-from wsss.pseudo.crf import crf_labels
-
-
-def threshold_labels(cams: np.ndarray, threshold: float) -> np.ndarray:
-    """Index map 0..k over [background plane, k CAMs] (0 = background)."""
-    k, h, w = cams.shape
-    planes = np.concatenate([np.full((1, h, w), threshold, np.float32), cams.astype(np.float32)], 0)
-    return np.argmax(planes, 0)
-
-
-def refined_labels(img: np.ndarray, cams: np.ndarray, keys: np.ndarray, thresholds: list[float],
-                   crf: CRFConfig | None, shared_pairwise: bool = True) -> list[np.ndarray]:
-    """One label map (0 background, c+1 class c) per background threshold: argmax over
-    [a plane at the threshold, the kept CAMs], then the label CRF (when ``crf`` is given).
-    The reference's "CRF refiner" of its per-round evaluation is this at one threshold."""
-    lut = np.concatenate([[0], np.asarray(keys, np.int64) + 1])
-    idx = [threshold_labels(cams, t) for t in thresholds]
-    if crf is not None and len(keys) > 0:
-        idx = crf_labels(img, idx, len(keys) + 1, crf, shared=shared_pairwise)
-    return [lut[i] for i in idx]
-
-
-def cams_to_pseudo(img: np.ndarray, cams: np.ndarray, keys: np.ndarray, fg_thres: float, bg_thres: float,
-                   crf: CRFConfig | None, shared_pairwise: bool = True) -> np.ndarray:
-    """The pseudo mask (uint8: 0 background, c+1 class c, 255 uncertain) of one image."""
-    fg, bg = refined_labels(img, cams, keys, [fg_thres, bg_thres], crf, shared_pairwise)
-    return combine_fg_bg(fg, bg)
-
-
-def combine_fg_bg(fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
-    """The pseudo mask from the refined fg and bg label maps: the fg map's label; 255 where
-    the fg map says background but the bg map does not; background where both do."""
-    mask = fg.copy()
-    mask[fg == 0] = 255
-    mask[(fg == 0) & (bg == 0)] = 0
-    return mask.astype(np.uint8)
+from wsss.pseudo.refine import cams_to_pseudo
+from wsss.reports import md_table, pct, per_class_rows, save_metrics
 
 
 def _make_one(image_id: str, root: str, cam_dir: str, out_dir: str, p: dict, crf: CRFConfig | None) -> str:
@@ -150,3 +111,57 @@ def evaluate_masks(cfg: Config, mask_dir: str | Path, split: str, class_names: l
         "ignored_as_background": as_bg,
         "confident_only": conf_only,
     }
+
+
+def _missing_cams(cfg: Config) -> list[str]:
+    """Ids make_pseudo will read whose CAM file is not there (every rank sees the same list)."""
+    p = cfg.pseudo
+    ids = VOCLayout(cfg.data.root).read_split(p.split)
+    todo = ids if p.redo else [i for i in ids if not (Path(p.out_dir) / f"{i}.png").is_file()]
+    return [i for i in todo if not cam_path(p.cam_dir, i).is_file()]
+
+
+def make_pseudo_stage(cfg: Config, device, redo: bool) -> dict:
+    """The make_pseudo stage (wsss.stages): pseudo masks of pseudo.split; when CAMs of this experiment are missing and its weights are there,
+    make_cam makes them first (same code, same checks)."""
+    from wsss.stages import run
+
+    missing = _missing_cams(cfg)
+    own = Path(cfg.pseudo.cam_dir).resolve() == Path(cfg.cam.out_dir).resolve()
+    if missing and own and Path(cfg.cam.checkpoint).is_file():
+        if is_main():
+            print(f"make_pseudo: {len(missing)} CAM files of split {cfg.pseudo.split} are not in {cfg.cam.out_dir}; "
+                  f"making them first from {cfg.cam.checkpoint} (make_cam)", flush=True)
+        run(cfg, "make_cam", split=cfg.pseudo.split)
+    elif missing and own:
+        raise DataError(f"{Path(cfg.cam.out_dir) / (missing[0] + '.npz')}: CAM file not found ({len(missing)} of split "
+                        f"{cfg.pseudo.split} missing), and no weights to make them: {cfg.cam.checkpoint} not found (run train_cam first)")
+    summary = make_pseudo_masks(cfg, redo=redo)  # each rank's worker pool takes its share of the ids
+    barrier()
+    if not is_main():
+        return {}
+    print(f"pseudo masks of {summary['images']} images in {summary['out_dir']} "
+          f"({summary['computed']} computed, {summary['images_per_s']:.2f} images/s with {summary['workers']} workers)")
+    save_metrics(cfg, "make_pseudo", summary, md_table(["split", "images (rank 0)", "computed", "images/s", "workers"],
+                 [[summary["split"], summary["images"], summary["computed"], f"{summary['images_per_s']:.2f}", summary["workers"]]]))
+    return summary
+
+
+def eval_pseudo_stage(cfg: Config, device, redo: bool) -> dict:
+    """The eval_pseudo stage (wsss.stages): both numbers of the evaluation protocol."""
+    p = cfg.pseudo
+    if not p.eval_split:
+        return {}
+    names = ["background"] + ImageLabels.load(cfg.data.label_file, cfg.data.num_classes).classes
+    r = evaluate_masks(cfg, p.out_dir, p.eval_split, names, workers=p.workers)
+    md = (f"# Pseudo masks ({r['split']}, {r['num_images']} images)\n\n"
+          f"* mIoU with uncertain (255) pixels counted as background: **{pct(r['miou_255_as_background'])}**\n"
+          f"* mIoU over confident pixels only: **{pct(r['miou_confident_pixels'])}** "
+          f"(confident fraction of valid GT pixels: {pct(r['confident_fraction'])}%)\n\n"
+          "## 255 as background\n\n" + md_table(["class", "IoU", "precision", "recall"], per_class_rows(r["ignored_as_background"]))
+          + "\n## confident pixels only\n\n" + md_table(["class", "IoU", "precision", "recall"], per_class_rows(r["confident_only"])))
+    j, _ = save_metrics(cfg, "pseudo_eval", r, md)
+    print(f"pseudo-mask mIoU on {r['split']}: {pct(r['miou_255_as_background'])} (255 as background); "
+          f"{pct(r['miou_confident_pixels'])} on confident pixels ({pct(r['confident_fraction'])}% confident)")
+    print(f"saved {j}")
+    return r

@@ -20,7 +20,7 @@ from wsss.metrics import confusion_matrix, scores
 from wsss.models.backbones import load_state_dict_checked
 from wsss.models.deeplab import build_deeplab
 from wsss.pseudo.crf import crf_probabilities
-from wsss.reporting import fmt, md_table, per_class_rows, save_metrics
+from wsss.reports import md_table, pct, per_class_rows, save_metrics
 
 TEST_EXPORT = Path("results") / "VOC2012" / "Segmentation" / "comp6_test_cls"
 
@@ -122,10 +122,10 @@ def evaluate_seg(cfg: Config, device: torch.device) -> dict:
         result.update({"num_images": len(ids), "miou": r["miou"], "per_class": r,
                        "predictions": str(save_dir) if save_dir else None})
         md = (f"# Segmentation ({s.arch}, {s.backbone}) on {s.val_split} ({len(ids)} images)\n\n"
-              f"mIoU **{fmt(r['miou'])}** (scales {list(s.scales)}, flip {s.flip}, CRF {s.crf})\n\n"
+              f"mIoU **{pct(r['miou'])}** (scales {list(s.scales)}, flip {s.flip}, CRF {s.crf})\n\n"
               + md_table(["class", "IoU", "precision", "recall"], per_class_rows(r)))
         print(md_table(["class", "IoU", "precision", "recall"], per_class_rows(r)))
-        print(f"segmentation mIoU on {s.val_split}: {fmt(r['miou'])}")
+        print(f"segmentation mIoU on {s.val_split}: {pct(r['miou'])}")
     else:
         md = "# Segmentation\n\nno val split\n"
     if s.test_split:
@@ -136,3 +136,8 @@ def evaluate_seg(cfg: Config, device: torch.device) -> dict:
     j, _ = save_metrics(cfg, "seg_eval", result, md)
     print(f"saved {j}")
     return result
+
+
+def eval_seg_stage(cfg: Config, device: torch.device, redo: bool) -> dict:
+    """The eval_seg stage (wsss.stages; rank 0 only)."""
+    return evaluate_seg(cfg, device)

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
-from wsss.config import Config, save_config
+from wsss import layout
+from wsss.config import Config
 from wsss.data.datasets import SegmentationDataset
-from wsss.data.synthetic import ensure_data
 from wsss.data.transforms import TrainTransform
 from wsss.data.voc import VOCLayout
 from wsss.engine.checkpoint import unwrap
-from wsss.engine.trainer import Phase, Schedule, TrainContext, make_context, run_phases, setup_runtime
+from wsss.engine.trainer import Phase, Schedule, TrainContext, make_context, run_phases
 from wsss.models.deeplab import build_deeplab, seg_param_groups, segmentation_loss
 from wsss.pretrain import ensure_pretrained
 
@@ -47,15 +48,11 @@ def seg_phase(cfg: Config) -> Phase:
                  validate=validate if s.val_interval > 0 else None)
 
 
-def train_seg(cfg: Config, resume: bool = True) -> Path:
-    device = setup_runtime(cfg)
-    ensure_data(cfg)
+def train_seg(cfg: Config, device: torch.device, resume: bool = True) -> Path:
+    """DeepLab on seg.mask_dir; returns seg.checkpoint."""
     if cfg.seg.weights == cfg.model.weights:
         ensure_pretrained(cfg, device)  # the project's pretrained start, as the CAM network's
-    out = Path(cfg.seg.out_dir)
-    ctx = make_context(cfg, device, out / "checkpoints", tb_subdir="tb_seg")
-    if ctx.is_main:
-        save_config(cfg)
+    ctx = make_context(cfg, device, "train_seg", layout.seg_checkpoints(cfg), "tb_seg")
     model = build_deeplab(cfg.seg, cfg.data.num_classes + 1)
     ctx.log(f"training {cfg.seg.arch} ({cfg.seg.backbone}) on masks in {cfg.seg.mask_dir}")
     try:
@@ -65,3 +62,7 @@ def train_seg(cfg: Config, resume: bool = True) -> Path:
         if ctx.writer is not None:
             ctx.writer.close()
 
+
+def train_seg_stage(cfg: Config, device, redo: bool) -> dict:
+    """The train_seg stage (wsss.stages): ``redo`` starts over."""
+    return {"checkpoint": str(train_seg(cfg, device, resume=not redo))}

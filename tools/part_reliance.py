@@ -34,7 +34,7 @@ def erase_part(img: np.ndarray, label: np.ndarray, parts: np.ndarray, cls: int) 
 
 
 @torch.no_grad()
-def part_reliance(model: torch.nn.Module, root: str, split: str, num_classes: int, mean, std,
+def measure_part_reliance(model: torch.nn.Module, root: str, split: str, num_classes: int, mean, std,
                   device: torch.device, class_names: list[str]) -> dict:
     """Per class: mean score with the part, with it erased, on images without the class, and
     whether the class is recognised without its part."""
@@ -69,3 +69,39 @@ def part_reliance(model: torch.nn.Module, root: str, split: str, num_classes: in
         per_class[class_names[c]] = m
     return {"split": split, "num_images": len(ids), "limit": WITHOUT_PART_SCORE, "per_class": per_class,
             "recognised_without_part": sorted(c for c, m in per_class.items() if m["without_part"])}
+
+
+def part_reliance(cfg) -> dict:
+    """scripts/part_reliance.py: the trained CAM network of cam.checkpoint on eval_cam.split;
+    writes metrics/part_reliance.{json,md}."""
+    from wsss.cam.training import load_cam_model
+    from wsss.data.labels import ImageLabels
+    from wsss.data.synthetic import ensure_data
+    from wsss.engine.distributed import is_main
+    from wsss.engine.trainer import setup_runtime
+    from wsss.fileio import DataError
+    from wsss.lock import claim
+    from wsss.reports import md_table, pct, save_metrics
+
+    claim(cfg.work_dir)
+    device = setup_runtime(cfg)
+    ensure_data(cfg)
+    part_dir = VOCLayout(cfg.data.root).part_dir
+    if not part_dir.is_dir():
+        raise DataError(f"{part_dir}: no part masks (part_reliance needs the synthetic data)")
+    model = load_cam_model(cfg, cfg.cam.checkpoint, device)
+    names = ImageLabels.load(cfg.data.label_file, cfg.data.num_classes).classes
+    out = measure_part_reliance(model, cfg.data.root, cfg.eval_cam.split, cfg.data.num_classes, cfg.train.aug.mean,
+                                cfg.train.aug.std, device, names)
+    rows = [[c, pct(m["with_part"]), pct(m["part_erased"]), pct(m["absent"]), m["images"], "yes" if m["without_part"] else "no"]
+            for c, m in out["per_class"].items()]
+    table = md_table(["class", "score with part (%)", "part erased (%)", "class absent (%)", "images", "recognised without its part"], rows)
+    md = f"# Part reliance ({out['split']}, {out['num_images']} images)\n\n{table}"
+    without = ", ".join(out["recognised_without_part"]) or "none"
+    line = f"classes recognised without their part (mean score with the part erased >= {pct(out['limit'])}%): {without}"
+    if is_main():
+        j, _ = save_metrics(cfg, "part_reliance", out, md + "\n" + line + "\n")
+        print(table)
+        print(line)
+        print(f"saved {j}")
+    return out

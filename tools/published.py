@@ -14,68 +14,21 @@ docs/*.md (:func:`documents`) are rendered from these files only (:func:`render`
 from __future__ import annotations
 
 import os
-import platform
 import re
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 from wsss.fileio import atomic_write_json, read_json
-
-REPO = Path(__file__).resolve().parents[1]
+from wsss.reports import REPO, md_table, pct, run_info, summary_rows
 RESULTS_DIR = REPO / "docs" / "results"
 SECTIONS = {"demo": ["demo", "compare"], "compare": ["compare"], "gslm_rounds": ["compare"], "benchmark": ["benchmark"]}
-
-
-# --------------------------------------------------------------------------
-# what a result was made on, and from which code
-# --------------------------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> dict:
-    info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(), "cpu": _cpu_model(),
-                            "cores": os.cpu_count(), "python": platform.python_version()}
-    if hasattr(os, "sched_getaffinity"):
-        info["usable_cores"] = len(os.sched_getaffinity(0))
-    torch = sys.modules.get("torch")
-    if torch is not None:  # only when the command used it: importing it here would cost every caller
-        info.update({"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None})
-    return info
-
-
-def git_commit(repo: Path = REPO) -> dict:
-    """{"sha", "dirty"} of the checkout the code runs from (None outside a git checkout)."""
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=30, check=True).stdout
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    sha = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"sha": sha.strip() if sha else None, "dirty": bool(status.strip()) if status is not None else None}
-
-
-def provenance_fields() -> dict:
-    return {"made_on": machine_info(), "commit": git_commit(), "made_at": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def publish(path: str | os.PathLike, kind: str, data: dict, made_on: dict | None = None) -> Path:
     """Write a published result: the command that made it, the machine, the commit, the data.
     ``made_on``: the machine as the processes that measured saw it (their torch and threads)."""
-    doc = {"kind": kind, "command": shlex.join(["python", *[_relative(a) for a in sys.argv]]), **provenance_fields(),
+    doc = {"kind": kind, "command": shlex.join(["python", *[_relative(a) for a in sys.argv]]), **run_info(),
            "data": data}
     if made_on:
         doc["made_on"] = made_on
@@ -93,10 +46,6 @@ def _relative(arg: str) -> str:
 # --------------------------------------------------------------------------
 # the marked sections of README.md and docs/*.md, from published results only
 # --------------------------------------------------------------------------
-def pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
-
-
 def made_on(doc: dict) -> str:
     """One line: machine, torch, threads, commit, date (and a placeholder's origin)."""
     m = doc.get("made_on", {})
@@ -118,29 +67,6 @@ def placeholder(doc: dict) -> str:
     return f"\n> **Placeholder**: {doc['placeholder']}.\n" if doc.get("placeholder") else ""
 
 
-def summary_rows(s: dict, skip_missing: bool = False) -> list[list[str]]:
-    """The summary table's rows (run_pipeline prints the same table)."""
-    n = s["numbers"]
-    rows = [
-        ["CAM mIoU (best threshold)", pct(n.get("cam_miou")) + (f" @ {n['cam_best_threshold']:.2f}" if "cam_best_threshold" in n else ""), "cam_miou"],
-        ["CAM+CRF mIoU (label CRF)", pct(n.get("cam_crf_miou")) + (f" @ {n['cam_crf_threshold']:.2f}" if "cam_crf_threshold" in n else ""), "cam_crf_miou"],
-        ["pseudo-mask mIoU (255 as background)", pct(n.get("pseudo_miou_255_as_bg")), "pseudo_miou_255_as_bg"],
-        ["pseudo-mask mIoU (confident pixels)", pct(n.get("pseudo_miou_confident"))
-         + (f" ({pct(n['pseudo_confident_fraction'])}% confident)" if "pseudo_confident_fraction" in n else ""), "pseudo_miou_confident"],
-        ["segmentation mIoU (val)", pct(n.get("seg_miou")), "seg_miou"],
-    ]
-    rows = [[a, b] for a, b, key in rows if not (skip_missing and n.get(key) is None)]
-    rows += [[f"time: {st}", f"{sec:.1f} s"] for st, sec in s["seconds"].items()]
-    rows.append(["time: total", f"{s['total_seconds']:.1f} s"])
-    return rows
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def _untrained(compare: dict | None) -> dict | None:
     controls = (compare or {}).get("data", {}).get("controls", [])
     return next((c for c in controls if c.get("name") == UNTRAINED), None)
@@ -153,7 +79,7 @@ def render_demo(demo: dict, compare: dict | None) -> str:
     s = demo["data"]
     out = (f"The demo's summary ({s['method']}; CAMs and pseudo masks scored on the synthetic `train` split, DeepLab on "
            f"its `val` split), as `{demo['command']}` wrote it ({made_on(demo)}):\n" + placeholder(demo) + "\n"
-           + _table(["", "value"], summary_rows(s, skip_missing=True)))
+           + md_table(["", "value"], summary_rows(s, skip_missing=True)))
     u = _untrained(compare)
     if u is not None and u.get("cam_miou") is not None:
         out += (f"\nAn untrained network of the baseline's architecture gives a CAM mIoU of {pct(u['cam_miou'])} (at threshold "
@@ -183,7 +109,7 @@ def render_gslm_rounds(doc: dict) -> str:
              + [f"{r['report_threshold']:.2f}", pct(r.get("cam_miou_best")), f"{r['best_threshold']:.2f}",
                 pct(r.get("pseudo_miou_255_as_bg")), pct(r.get("pseudo_miou_confident"))] for r in rounds]
     return (f"From the bench's GSLM run with training seed {runs[0].get('seed', 0)} (`metrics/gslm_rounds.md`; "
-            f"{made_on(doc)}):\n" + placeholder(doc) + "\n" + _table(header, table))
+            f"{made_on(doc)}):\n" + placeholder(doc) + "\n" + md_table(header, table))
 
 
 BASELINE = "baseline CAM"  # the bench's reference arm (tools/compare.py's name for it)
@@ -214,7 +140,7 @@ def render_bench_headline(doc: dict) -> str:
     checks = d.get("control_checks") or {}
     out = (f"The bench on `{d.get('bench_file') or 'its scene'}` (training seeds {', '.join(map(str, d['seeds']))}; "
            f"{made_on(doc)}; `docs/results/{doc['kind']}.json`):\n" + placeholder(doc) + "\n"
-           + _table(["arm", "seeds", "CAM mIoU", "vs baseline", "verdict (> 2 std)", "pseudo-mask mIoU", "vs baseline",
+           + md_table(["arm", "seeds", "CAM mIoU", "vs baseline", "verdict (> 2 std)", "pseudo-mask mIoU", "vs baseline",
                      "bodies covered"], rows)
            + "\n" + _premise_line(d))
     if checks.get("gt_targets_gain_over_glm") is not None:
@@ -262,7 +188,7 @@ def render_benchmark(doc: dict) -> str:
     took = f"; {int(wall // 60)} min {int(wall % 60)} s in all" if wall else ""
     out = (f"`{doc['command']}` ({st.get('backbone', '?')}, {st.get('image_size', '?')} px, batch {st.get('batch', '?')}, "
            f"{st.get('workers', '?')} loader workers, {st.get('images', '?')} images{took}; {made_on(doc)}), which also writes "
-           "`work_dirs/benchmark/benchmark.{json,md}`:\n" + placeholder(doc) + "\n" + _table(["what", "measured", "target", ""], rows))
+           "`work_dirs/benchmark/benchmark.{json,md}`:\n" + placeholder(doc) + "\n" + md_table(["what", "measured", "target", ""], rows))
     return out
 
 
@@ -317,8 +243,6 @@ def pm(v: dict, scale: float = 100.0) -> str:
 
 
 def render_bench(d: dict) -> str:
-    from wsss.reporting import md_table
-
     agg = d["aggregate"]
     rows = []
     for arm, a in agg.items():
@@ -342,15 +266,15 @@ def render_bench(d: dict) -> str:
         md += (f"\n## Held-out data seed {d['heldout_data_seed']} (one training seed, no config tuned on it)\n\n"
                + md_table(["arm", "CAM mIoU", "CAM+CRF mIoU", "pseudo-mask mIoU", "part covered", "body covered",
                            "CAM mIoU vs baseline"],
-                          [[arm, _p(r.get("cam_miou")), _p(r.get("cam_crf_miou")), _p(r.get("pseudo_miou_255_as_bg")),
-                            _p(r.get("part")), _p(r.get("body")),
+                          [[arm, pct(r.get("cam_miou")), pct(r.get("cam_crf_miou")), pct(r.get("pseudo_miou_255_as_bg")),
+                            pct(r.get("part")), pct(r.get("body")),
                             "-" if arm == BASELINE or base is None or r.get("cam_miou") is None else f"{100 * (r['cam_miou'] - base):+.2f}"]
                            for arm, r in h.items()]))
     if d["controls"]:
         md += "\n## Controls (training seed " + str(d["seeds"][0]) + ")\n\n" + md_table(
             ["control", "CAM mIoU", "CAM+CRF mIoU", "pseudo-mask mIoU", "body covered", "what it shows"],
-            [[c["name"], _p(c.get("cam_miou")), _p(c.get("cam_crf_miou")), _p(c.get("pseudo_miou_255_as_bg")),
-              _p(c.get("body")), c["expect"]] for c in d["controls"]])
+            [[c["name"], pct(c.get("cam_miou")), pct(c.get("cam_crf_miou")), pct(c.get("pseudo_miou_255_as_bg")),
+              pct(c.get("body")), c["expect"]] for c in d["controls"]])
         if d["control_checks"]:
             md += "\n" + "\n".join(f"* {k}: {_check(v)}" for k, v in d["control_checks"].items()) + "\n"
     if d.get("not_run"):
@@ -366,16 +290,12 @@ def render_bench(d: dict) -> str:
         base_runs.append((f"{held['seed']}, held-out data seed {d['heldout_data_seed']}", held))
     if base_runs and base_runs[0][1].get("premise"):
         md += "\n" + md_table(["seed", "parts covered", "bodies covered", "flooding classes", "pseudo precision", "ok"],
-                              [[seed, _p(r["premise"]["checks"]["parts_covered"]["value"]),
-                                _p(r["premise"]["checks"]["bodies_not_covered"]["value"]),
+                              [[seed, pct(r["premise"]["checks"]["parts_covered"]["value"]),
+                                pct(r["premise"]["checks"]["bodies_not_covered"]["value"]),
                                 ", ".join(r["premise"]["checks"]["no_flooding"]["value"]) or "none",
-                                _p(r["premise"]["checks"].get("pseudo_precision", {}).get("value")),
+                                pct(r["premise"]["checks"].get("pseudo_precision", {}).get("value")),
                                 "yes" if r["premise"]["ok"] else "**no**"] for seed, r in base_runs])
     return md
-
-
-def _p(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
 
 
 def _diff(v: dict) -> str:
@@ -410,8 +330,6 @@ def _side_by_side_row(label: str, r: dict, goal: str, base: str = "ref") -> list
 
 def render_reference_tables(res: dict) -> str:
     """scripts/benchmark_reference.py's tables: our stages against plain loops of the reference procedure."""
-    from wsss.reporting import md_table
-
     s = res["settings"]
     m = res["machine"]
     lines = [f"Machine: {m['cpus']} CPUs, {m['processor']}, torch {m['torch']}, {m['threads']} threads per process. "
@@ -463,8 +381,6 @@ def render_reference_tables(res: dict) -> str:
 
 
 def _profile_tables(prof: dict) -> str:
-    from wsss.reporting import md_table
-
     out = []
     for stage in ("make_cam", "train_cam"):
         if stage not in prof:

@@ -1,4 +1,4 @@
-"""One run per work_dir: ``<work_dir>/.lock``, taken by every stage before it writes.
+"""The work_dir lock: one run per work_dir (``<work_dir>/.lock``), taken by every stage before it writes.
 
 Two processes started on one work_dir (the same job submitted twice) would interleave
 checkpoints, CAMs and markers. The first takes the lock; the second fails at once
@@ -36,12 +36,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from wsss.layout import lock_file
+
 try:
     import fcntl
 except ImportError:  # no flock (Windows): pids decide
     fcntl = None  # type: ignore[assignment]
 
-LOCK_NAME = ".lock"
 FOLLOW_TIMEOUT_S = 300.0  # how long a rank > 0 waits for rank 0's lock
 
 
@@ -84,7 +85,7 @@ def _me() -> dict:
 
 
 def lock_path(work_dir: str | os.PathLike) -> Path:
-    return Path(work_dir) / LOCK_NAME
+    return lock_file(work_dir)
 
 
 def describe(h: dict) -> str:

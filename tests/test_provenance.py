@@ -1,4 +1,4 @@
-"""Fingerprints: every config key is either one a stage's output depends on or declared
+"""Provenance (wsss.records): every config key is either one a stage's output depends on or declared
 harmless; make_cam refuses a finished folder when any key that changes a CAM value flips and
 reuses it when a harmless one does; the stage scripts refuse outputs made under another
 config, with one line naming the key and the ways out; train_cam -> make_pseudo works."""
@@ -17,10 +17,15 @@ from conftest import CONFIGS, run_script_here, tiny_overrides
 from wsss.cam.make import make_cams
 from wsss.cam.training import build_cam_model
 from wsss.config import load_config, to_dict
-from wsss.fingerprint import (CONTENT_KEYS, STAGE_KEYS, StaleOutputError, flatten, is_harmless, method_sections,
-                              stage_keys)
+from wsss import records
+from wsss.records import CONTENT_KEYS, StaleOutputError, flatten, is_harmless, method_sections
+from wsss.stages import STAGES as TABLE
 
-STAGES = list(STAGE_KEYS)
+STAGES = list(TABLE)
+
+
+def stage_keys(cfg, stage: str) -> dict:
+    return records.stage_keys(cfg, TABLE[stage])
 
 
 def _set(cfg, key: str, value) -> None:
@@ -38,16 +43,16 @@ def _get(cfg, key: str):
     return node
 
 
-def test_every_key_is_fingerprinted_or_harmless(tiny_cfg):
-    """A key added to the schema later lands in a stage's fingerprint (by its section) or in
+def test_every_key_is_recorded_or_harmless(tiny_cfg):
+    """A key added to the schema later lands in a stage's record (by its section) or in
     the harmless list; no key is both."""
     cfg = tiny_cfg("gslm/ppl_gslm_r18_synthetic.yaml")
     covered = {k for st in STAGES for k in stage_keys(cfg, st)}
     for key in flatten(to_dict(cfg)):
         if is_harmless(key):
-            assert key not in covered, f"{key} is harmless but fingerprinted"
+            assert key not in covered, f"{key} is harmless but recorded"
         else:
-            assert key in covered or key in CONTENT_KEYS, f"{key} is neither fingerprinted nor declared harmless"
+            assert key in covered or key in CONTENT_KEYS, f"{key} is neither recorded nor declared harmless"
     for key in ["runtime.threads", "runtime.progress", "runtime.tensorboard", "train.workers", "cam.workers", "pseudo.workers",
                 "seg.workers", "train.log_interval", "train.ckpt_interval", "train.vis_interval", "seg.log_interval",
                 "data.root", "data.label_file", "work_dir", "exp_name", "cam.out_dir", "cam.redo", "pseudo.redo",
@@ -80,23 +85,6 @@ def test_a_key_changes_the_stages_it_reaches(tiny_cfg, key, value, stages):
     before = {st: stage_keys(cfg, st) for st in STAGES}
     _set(cfg, key, value)
     assert {st for st in STAGES if stage_keys(cfg, st) != before[st]} == stages
-
-
-def test_records_made_under_renamed_keys_still_compare(tiny_cfg):
-    """A stage record written before the CRF keys moved under crf_params (pseudo.gauss_sxy, ...)
-    equals today's record of the same config, and a changed value is named by the new key."""
-    from wsss.fingerprint import changed
-
-    cfg = tiny_cfg("ppl/ppl_progressive_r18_synthetic.yaml")
-    new = {"stage": "make_pseudo", "keys": stage_keys(cfg, "make_pseudo")}
-    old = copy.deepcopy(new)
-    for k in [k for k in old["keys"] if k.startswith("pseudo.crf_params.")]:
-        leaf = k.rsplit(".", 1)[1]
-        legacy = {"iters": "crf_iters", "reference_size": "crf_reference_size"}.get(leaf, leaf)
-        old["keys"][f"pseudo.{legacy}"] = old["keys"].pop(k)
-    assert "pseudo.gauss_sxy" in old["keys"] and changed(old, new) == []
-    old["keys"]["pseudo.gauss_sxy"] = 1.0
-    assert changed(old, new) == [("pseudo.crf_params.gauss_sxy", 1.0, cfg.pseudo.crf_params.gauss_sxy)]
 
 
 def test_extra_phases_make_train_cam_depend_on_the_stages_they_run(tiny_cfg):
@@ -169,7 +157,7 @@ def test_make_cam_refuses_every_value_key_and_reuses_under_every_harmless_one(ti
     changed.cam.scales = [1.0]
     r = make_cams(changed, model, dev, split="val", out_dir=out, redo=True)
     assert r["computed_here"] == 8
-    assert json.loads((out / "made_by.json").read_text())["scales"] == [1.0]
+    assert json.loads((out / "made_by.json").read_text())["keys"]["cam.scales"] == [1.0]
 
 
 def test_cam_files_without_a_record_are_not_adopted(trained_model_cfg, tmp_path):
@@ -190,13 +178,11 @@ def trained_model_cfg(tiny_cfg):
 
 def test_readme_ablation_error_is_what_run_pipeline_prints():
     """The error the README quotes for its ablation command is the one the code makes."""
-    from wsss.provenance import train_cam_record
-    from wsss.fingerprint import changed
-
     base = CONFIGS / "ppl/ppl_progressive_r50_voc12.yaml"
     a, b = load_config(base), load_config(base, ["ppl.restart_schedule=false", "ppl.cam_source=full"])
-    err = StaleOutputError("train_cam", str(Path(a.work_dir) / "checkpoints" / "made_by.json"),
-                           changed(train_cam_record(a), train_cam_record(b)), "checkpoints").for_pipeline()
+    train_cam = TABLE["train_cam"]
+    err = records.stale(train_cam, Path(a.work_dir) / "checkpoints" / "made_by.json", records.expected(a, train_cam),
+                        records.expected(b, train_cam)).for_pipeline()
     readme = (CONFIGS.parent / "README.md").read_text()
     assert f"config error: {err}" in readme
     assert "ppl.cam_source: concat -> full" in str(err) and "--redo-from train_cam" in str(err)
@@ -210,13 +196,14 @@ def _overrides(root: Path, work: Path, **extra) -> list[str]:
     return tiny_overrides(root, work, **{"train.max_steps": 2, "cam.split": "train", "pseudo.split": "train", **extra})
 
 
-def _stage(fn, root: Path, work: Path, *args, **extra):
-    """A stage function in this process (what the script runs, without its start-up), lock given back after."""
-    from wsss.workdir import release_all
+def _stage(name: str, root: Path, work: Path, redo: bool | None = None, **extra):
+    """A stage in this process (what the script runs, without its start-up), lock given back after."""
+    from wsss.lock import release_all
+    from wsss.stages import run
 
     cfg = load_config(CONFIGS / "cam/cam_r18_synthetic.yaml", _overrides(root, work, **extra))
     try:
-        return fn(cfg, *args)
+        return run(cfg, name, redo=redo)
     finally:
         release_all()
 
@@ -229,8 +216,6 @@ def _error_line(proc) -> str:
 
 @pytest.mark.slow
 def test_train_cam_then_make_pseudo_and_refusals_under_another_config(tiny_root, tmp_path, capsys):
-    from wsss import stages
-
     work = tmp_path / "work"
     trained = run_script_here("train_cam.py", *_args(tiny_root, work))
     assert trained.returncode == 0, trained.stderr[-2000:]
@@ -245,8 +230,8 @@ def test_train_cam_then_make_pseudo_and_refusals_under_another_config(tiny_root,
     assert len(list((work / "cams").glob("*.npz"))) == 12 and len(list((work / "pseudo").glob("*.png"))) == 12
     made = json.loads((work / "cams" / "made_by.json").read_text())
     pseudo_eval = json.loads((work / "metrics" / "pseudo_eval.json").read_text())
-    assert pseudo_eval["provenance"]["stage"] == "eval_pseudo"
-    assert pseudo_eval["provenance"]["fingerprint"]["inputs"]["pseudo"]["inputs"]["cams"] == made
+    assert pseudo_eval["record"]["stage"] == "eval_pseudo"
+    assert pseudo_eval["record"]["inputs"]["pseudo"]["inputs"]["cams"] == made
     masks = {p.name: p.stat().st_mtime_ns for p in (work / "pseudo").glob("*.png")}
 
     # a key of make_pseudo: refused in one line naming it and the ways out; nothing rewritten
@@ -260,28 +245,28 @@ def test_train_cam_then_make_pseudo_and_refusals_under_another_config(tiny_root,
     # harmless keys (threads, workers, intervals, the data root's location): reused, nothing computed
     moved = tmp_path / "moved" / "VOC2012"
     shutil.copytree(tiny_root, moved)
-    r = _stage(stages.make_pseudo, moved, work, **{"runtime.threads": 1, "pseudo.workers": 1, "train.log_interval": 5,
+    r = _stage("make_pseudo", moved, work, **{"runtime.threads": 1, "pseudo.workers": 1, "train.log_interval": 5,
                                                   "cam.workers": 1, "runtime.progress": True})
     assert r["computed"] == 0 and "making them first" not in capsys.readouterr().out
 
     # a training key: eval_cam refuses to score CAMs of weights trained under another one,
     # and train_cam refuses to resume or skip
-    for fn in (stages.eval_cam, stages.train_cam):
+    for name in ("eval_cam", "train_cam"):
         with pytest.raises(StaleOutputError) as e:
-            _stage(fn, tiny_root, work, **{"train.lr": 0.07})
+            _stage(name, tiny_root, work, **{"train.lr": 0.07})
         assert "checkpoints/made_by.json" in str(e.value) and "train.lr: 0.1 -> 0.07" in str(e.value)
         assert "train_cam.py --no-resume" in str(e.value) and "--redo-from train_cam" in str(e.value)
     assert not (work / "metrics" / "cam_eval.json").exists()
     assert json.loads((work / "checkpoints" / "made_by.json").read_text())["keys"]["train.lr"] == 0.1
 
     # the per-stage way out
-    r = _stage(stages.make_pseudo, tiny_root, work, **{"pseudo.fg_thres": 0.4, "pseudo.redo": True})
+    r = _stage("make_pseudo", tiny_root, work, **{"pseudo.fg_thres": 0.4, "pseudo.redo": True})
     assert r["computed"] == 12
     assert json.loads((work / "pseudo" / "made_by.json").read_text())["keys"]["pseudo.fg_thres"] == 0.4
 
     # retrained under another key (train_cam.py --no-resume): everything made from the old
     # weights is refused downstream
-    _stage(stages.train_cam, tiny_root, work, False, **{"train.lr": 0.07})
+    _stage("train_cam", tiny_root, work, True, **{"train.lr": 0.07})
     assert json.loads((work / "checkpoints" / "made_by.json").read_text())["keys"]["train.lr"] == 0.07
     with pytest.raises(StaleOutputError, match=r"cams/made_by\.json: the CAMs there were made with other weights_sha256"):
-        _stage(stages.make_pseudo, tiny_root, work, **{"train.lr": 0.07, "pseudo.fg_thres": 0.4})
+        _stage("make_pseudo", tiny_root, work, **{"train.lr": 0.07, "pseudo.fg_thres": 0.4})

@@ -1,0 +1,60 @@
+"""The retained heap (wsss.parallel.retain_freed_memory: freed activations stay in the heap for
+the next image or step) changes no number: CAM files and trained weights are identical with it
+and without it (as on a platform without glibc)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from wsss.cam.make import make_cams
+from wsss.data.cam_files import cam_path, load_cam
+from wsss.data.voc import VOCLayout
+from wsss.engine.checkpoint import load_checkpoint
+
+
+def test_retained_heap_changes_no_value(r18, monkeypatch):
+    """The heap setting (retain_freed_memory) is a no-op for the numbers: CAM files are
+    identical with it and without it (as on a platform without glibc)."""
+    import wsss.parallel as parallel
+
+    cfg, model = r18
+    dev = torch.device("cpu")
+    make_cams(cfg, model, dev, split="val", out_dir=cfg.work_dir + "/kept")
+    monkeypatch.setattr(parallel, "_glibc", lambda: None)
+    make_cams(cfg, model, dev, split="val", out_dir=cfg.work_dir + "/plain")
+    for image_id in VOCLayout(cfg.data.root).read_split("val"):
+        a = load_cam(cam_path(cfg.work_dir + "/kept", image_id))
+        b = load_cam(cam_path(cfg.work_dir + "/plain", image_id))
+        assert np.array_equal(a["high_res"], b["high_res"]) and np.array_equal(a["keys"], b["keys"])
+
+
+def test_retain_freed_memory_nests_and_restores():
+    import wsss.parallel as parallel
+
+    if parallel._glibc() is None:
+        pytest.skip("glibc only")
+    with parallel.retain_freed_memory():
+        with parallel.retain_freed_memory():
+            assert parallel._retaining == 2
+        assert parallel._retaining == 1  # the inner exit leaves the outer setting alone
+        x = torch.ones(64, 1024, 1024)  # 256 MiB from the heap, not an mmap
+        assert float(x.sum()) == 64 * 1024 * 1024
+        del x
+    assert parallel._retaining == 0
+
+
+def test_training_is_unchanged_by_the_heap_setting(tiny_cfg, tmp_path, monkeypatch):
+    import wsss.parallel as parallel
+    from wsss.cam.training import train_cam
+    from wsss.engine.trainer import setup_runtime
+
+    finals = []
+    for tag in ("retained", "plain"):
+        if tag == "plain":
+            monkeypatch.setattr(parallel, "_glibc", lambda: None)
+        cfg = tiny_cfg(**{"train.max_steps": 2, "runtime.deterministic": True}, work_dir=tmp_path / tag)
+        torch.manual_seed(0)
+        finals.append(load_checkpoint(train_cam(cfg, setup_runtime(cfg)))["model"])
+    for k in finals[0]:
+        assert torch.equal(finals[0][k], finals[1][k]), k
