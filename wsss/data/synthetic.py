@@ -544,18 +544,11 @@ RECORD = "synthetic.json"  # in the data root: the settings and generator versio
 
 def _settings(seed, image_size, num_train, num_aug, num_val, num_test, num_classes, write_coco, width_range=None,
               height_range=None, voc_sizes=False, scene="round", part_colours="pairs", decoys=0) -> dict:
-    out = {"version": GENERATOR_VERSION, "seed": seed, "image_size": image_size, "num_train": num_train,
-           "num_aug": num_aug, "num_val": num_val, "num_test": num_test, "num_classes": num_classes,
-           "write_coco": bool(write_coco), "width_range": list(width_range) if width_range else None,
-           "height_range": list(height_range) if height_range else None, "voc_sizes": bool(voc_sizes)}
-    # recorded only when not the default, so roots made before these settings existed still match
-    if scene != "round":
-        out["scene"] = scene
-    if part_colours != "pairs":
-        out["part_colours"] = part_colours
-    if decoys:
-        out["decoys"] = int(decoys)
-    return out
+    return {"version": GENERATOR_VERSION, "seed": seed, "image_size": image_size, "num_train": num_train,
+            "num_aug": num_aug, "num_val": num_val, "num_test": num_test, "num_classes": num_classes,
+            "write_coco": bool(write_coco), "width_range": list(width_range) if width_range else None,
+            "height_range": list(height_range) if height_range else None, "voc_sizes": bool(voc_sizes),
+            "scene": scene, "part_colours": part_colours, "decoys": int(decoys)}
 
 
 def _rank() -> int:
