@@ -34,6 +34,7 @@ from wsss.engine.distributed import barrier
 from wsss.engine.trainer import Phase, Schedule, TrainContext
 from wsss.fileio import read_json
 from wsss.models.cam_net import multilabel_soft_margin
+from wsss.parallel import workers_for
 from wsss.pseudo.make import evaluate_masks, make_pseudo_masks
 from wsss.reports import md_table, pct, save_metrics
 
@@ -110,7 +111,7 @@ def evaluate_round(cfg, r: int, cam_dir: Path | None = None) -> dict:
            "cam_miou_best": cams["miou"], "best_threshold": cams["best_threshold"]}
     if cfg.pseudo.eval_split:
         names = ["background"] + ImageLabels.load(cfg.data.label_file, cfg.data.num_classes).classes
-        pm = evaluate_masks(cfg, d / "pseudo", cfg.pseudo.eval_split, names, workers=cfg.pseudo.workers)
+        pm = evaluate_masks(cfg, d / "pseudo", cfg.pseudo.eval_split, names, workers=workers_for(cfg.pseudo.workers, whole_node=True))
         out.update({"pseudo_miou_255_as_bg": pm["miou_255_as_background"], "pseudo_miou_confident": pm["miou_confident_pixels"],
                     "pseudo_confident_fraction": pm["confident_fraction"]})
     save_metrics(cfg, f"gslm_round{r}", out, md_table(["", "value"], [[k, v] for k, v in out.items()]))
@@ -161,6 +162,7 @@ def slm_phases(cfg) -> list[Phase]:
             finish=lambda model, ctx, cur=r: ensure_round_outputs(model, ctx, cur),
             visualize=visualize_first,
             seed_offset=100 + r,
+            batch_key="gslm.batch_size" if g.batch_size else "train.batch_size",
         ))
     return phases
 

@@ -101,3 +101,21 @@ def test_ddp_two_gloo_ranks_hold_equal_weights(tiny_root, tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert np.isfinite(sum(float(v.float().sum()) for v in a.values()))
+
+
+@pytest.mark.slow
+def test_ddp_ranks_agree_on_a_nonfinite_loss_before_a_checkpoint(tiny_root, tmp_path):
+    """One rank's NaN reaches every rank's weights through the averaged gradients: both ranks
+    stop at the same check, and rank 0 never writes a checkpoint of the poisoned weights."""
+    work = tmp_path / "ddp_nan"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29733",
+           str(REPO / "tests/ddp_nan_worker.py"), str(CONFIGS / "cam/cam_r18_synthetic.yaml"),
+           *tiny_overrides(tiny_root, work, **{"runtime.device": "cpu"})]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    for rank in (0, 1):
+        assert "non-finite loss term 'sr' at step 5" in (work / f"stopped{rank}").read_text()
+    state = load_checkpoint(work / "checkpoints" / "last.pth")
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

@@ -191,3 +191,59 @@ def test_seed_reactivation_loss_makes_no_host_sync(monkeypatch):
     loss.backward()
     monkeypatch.undo()
     assert counter.calls == []
+
+
+def test_deterministic_mode_warns_on_cuda_where_no_kernel_exists_and_stays_strict_on_the_cpu():
+    """runtime.deterministic on CUDA: ops without a deterministic CUDA kernel (the SR loss's
+    adaptive max pool backward, DeepLab's interpolate backward and NLL loss) warn instead of
+    stopping the run; on the CPU every op has one and a missing one stays an error."""
+    from wsss.engine.trainer import set_determinism
+
+    try:
+        set_determinism(torch.device("cuda", 0), True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        set_determinism(torch.device("cpu"), True)
+        assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+        set_determinism(torch.device("cpu"), False)
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.slow
+def test_ranks_never_remove_each_others_temporary_files(tiny_root, tmp_path):
+    """make_cam and make_pseudo under two gloo ranks into one folder: leftover temporary files
+    are removed by one rank before any rank writes, never while another rank's file is
+    half-written; every file is made once and no temporary file is left."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import CONFIGS, REPO, finished_files, tiny_overrides
+
+    work = tmp_path / "ddp_temps"
+    (work / "cams").mkdir(parents=True)
+    (work / "cams" / ".2007_000000.npz.killed.tmp.npz").write_bytes(b"a killed run's")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29735",
+           str(REPO / "tests/ddp_temps_worker.py"), str(CONFIGS / "cam/cam_r18_synthetic.yaml"),
+           *tiny_overrides(tiny_root, work, **{"runtime.device": "cpu", "cam.scales": [1.0]})]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "rank 0 done" in out.stdout and "rank 1 done" in out.stdout
+    assert len(finished_files(work / "cams", "npz")) == 12 and len(finished_files(work / "pseudo", "png")) == 12
+    assert not list(work.rglob(".*.tmp*"))
+
+
+def test_worker_counts_default_to_the_node_shared_by_its_ranks(monkeypatch):
+    """train/cam/pseudo/seg.workers = -1 (the default): the node's cores over the ranks torchrun
+    started on it (4 ranks x 8 CRF workers on 16 cores was 32 processes); rank 0's evaluations,
+    while the others wait, take the whole node; a set value is used as it is."""
+    from wsss.config import CamConfig, PseudoConfig, SegConfig, TrainConfig
+    from wsss.parallel import node_cores, workers_for
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    cores = node_cores()
+    assert workers_for(-1) == max(1, cores // 4) and workers_for(-1, whole_node=True) == cores
+    assert workers_for(3) == 3 and workers_for(0) == 0
+    assert TrainConfig().workers == CamConfig().workers == PseudoConfig().workers == SegConfig().workers == -1

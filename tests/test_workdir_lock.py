@@ -86,6 +86,27 @@ def test_torchrun_ranks_of_one_job_share_the_lock_and_a_killed_holder_is_replace
     assert re.search(rf"\[lock\] .*\.lock: the run that held it \(pid {rank0.pid} on .*\) is gone; lock taken over", after.stderr)
 
 
+def test_a_dead_jobs_lock_is_taken_over_by_rank_0_while_the_other_ranks_wait(tmp_path):
+    """A lock left by a killed job (or a previous torchrun --standalone, whose run id is random):
+    rank 1 of the new job starts first and must wait for its rank 0 to take it over, not fail
+    on reading the dead job's lock."""
+    work = tmp_path / "work"
+    old = _holder(work, RANK="0", TORCHELASTIC_RUN_ID="old", MASTER_ADDR="127.0.0.1", MASTER_PORT="29513", WORLD_SIZE="2")
+    _kill(old)
+    job = {"TORCHELASTIC_RUN_ID": "new", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29514", "WORLD_SIZE": "2"}
+    rank1 = subprocess.Popen([sys.executable, "-c", CLAIM, str(work)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=_env(RANK="1", **job), cwd=REPO)
+    time.sleep(1.0)  # rank 1 has read the dead job's lock by now
+    assert rank1.poll() is None, rank1.communicate()
+    rank0 = _holder(work, RANK="0", **job)
+    try:
+        out, err = rank1.communicate(timeout=60)
+        assert rank1.returncode == 0 and out.strip() == "claimed", err
+        assert json.loads(lock_path(work).read_text())["job"] == "new@127.0.0.1:29514"
+    finally:
+        _kill(rank0)
+
+
 def test_a_lock_from_another_host_is_refused_with_the_way_out(tmp_path):
     work = tmp_path / "work"
     work.mkdir()

@@ -62,7 +62,7 @@ def bench_train(args, work: Path, method: str, extra: list[str] | None = None) -
     from wsss.engine.trainer import make_context, setup_runtime, train_phase
 
     cfg = bench_config(method, args, work, extra)
-    device = setup_runtime(cfg)
+    device = setup_runtime(cfg, autotune=True)
     ctx = make_context(cfg, device, "train_cam", work / "checkpoints")
     times: list[float] = []
 

@@ -21,8 +21,8 @@ Protocol:
   delete if that run is gone.
 * **torchrun**: the ranks of one job share the lock. The job is the launcher's run id
   with the master address and port (equal on every rank and node of a job, unequal
-  between two jobs that run at once); rank 0 takes the lock, the other ranks wait for
-  it to appear and check that it holds their job.
+  between two jobs that run at once); rank 0 takes the lock (taking a dead job's over),
+  the other ranks wait until it holds their job.
 """
 from __future__ import annotations
 
@@ -244,14 +244,22 @@ def _acquire(path: Path, me: dict) -> tuple[int, int]:
 
 
 def _follow(path: Path, job: str) -> None:
-    """Rank > 0: wait for rank 0's lock and check that it is this job's."""
+    """Rank > 0: wait until rank 0 holds the lock for this job. Another job's lock whose
+    holder is alive on this host is refused at once; a dead one's (a killed run, a previous
+    ``torchrun --standalone`` with its random run id) is rank 0's to take over meanwhile, and
+    a lock from another host is refused only if it is still there at the end."""
     deadline = time.time() + FOLLOW_TIMEOUT_S
+    holder = None
     while time.time() < deadline:
         holder = _read(path)
-        if holder is not None:
-            if holder.get("job") == job:
-                return
+        if holder is not None and holder.get("job") == job:
+            return
+        if (holder is not None and holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int)
+                and _pid_alive(holder["pid"])):
             raise WorkDirBusy(f"{path}: this work_dir is in use by {describe(holder)}, not by this job ({job}); "
                               "wait for that run to end, or use another work_dir=DIR")
         time.sleep(0.1)
+    if holder is not None:
+        raise WorkDirBusy(f"{path}: this work_dir is in use by {describe(holder)}, not by this job ({job}); "
+                          "wait for that run to end, or use another work_dir=DIR")
     raise WorkDirBusy(f"{path}: rank {_rank()} waited {FOLLOW_TIMEOUT_S:.0f} s for rank 0 of job {job} to take the lock")

@@ -10,6 +10,21 @@ import sys
 from typing import Callable, Iterable, Iterator
 
 
+def node_cores() -> int:
+    """The cores this process may use (its affinity; a container's quota can be lower still)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def workers_for(n: int, whole_node: bool = False) -> int:
+    """Worker processes for a pool or a loader: ``n`` when set (>= 0); -1 = the node's cores
+    shared by the ranks torchrun started on it (LOCAL_WORLD_SIZE), or all of them for work
+    that runs on rank 0 alone while the others wait (the evaluations)."""
+    if n >= 0:
+        return n
+    ranks = 1 if whole_node else max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, node_cores() // ranks)
+
+
 def _context():
     # fork is fast and shares read-only state; fall back to spawn where fork is unavailable
     return mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")

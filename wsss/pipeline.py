@@ -20,7 +20,7 @@ from wsss.engine.distributed import barrier, is_main
 from wsss.fileio import atomic_write_json, read_json
 from wsss.registry import summary_extras
 from wsss.reports import md_table, recording, run_info, save_metrics, summary_rows
-from wsss.stages import STAGES, run, visualize
+from wsss.stages import STAGES, check_batches, run, visualize
 
 
 def config_hash(cfg: Config) -> str:
@@ -60,6 +60,7 @@ def run_pipeline(cfg: Config, stages: list[str] | None = None, force: bool | lis
     claim(cfg.work_dir)
     setup_runtime(cfg)  # under torchrun: the process group, so rank 0 removes while the others wait
     stages = stages or parse_stages(None, cfg)
+    check_batches(cfg, stages)  # not an hour in, at train_seg
     if redo_from:
         if is_main():
             cleared = clear_from(cfg, redo_from)

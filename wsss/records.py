@@ -42,7 +42,7 @@ import yaml
 from wsss import layout
 from wsss.config import Config, ConfigError, to_dict
 from wsss.config import method_sections as registered_sections
-from wsss.fileio import DataError, atomic_write_json, read_json
+from wsss.fileio import DataError, atomic_write_json, read_json, remove_stale_temps
 from wsss.fileio import file_sha256 as sha256_of_file
 
 HARMLESS_NAMES = frozenset({"workers", "log_interval", "ckpt_interval", "vis_interval", "redo", "progress", "tensorboard",
@@ -395,8 +395,8 @@ def claim(stage, folder: Path, want: dict, has_outputs: bool, redo: bool, clear,
     """Make ``folder`` hold ``stage``'s outputs under ``want``: outputs made under another
     record are refused, or with ``redo`` removed first by ``clear()`` (also all of them with
     ``fresh``: a training redo starts over), so a crash never leaves them under the new
-    record; then the record is written, before any output. Under torchrun rank 0 writes
-    while the others wait."""
+    record; then a killed run's temporary files are removed and the record is written,
+    before any output. Under torchrun rank 0 does it while the others wait."""
     from wsss.engine.distributed import barrier, is_main
 
     rec = read_record(folder)
@@ -409,8 +409,10 @@ def claim(stage, folder: Path, want: dict, has_outputs: bool, redo: bool, clear,
         rec = None
     elif outdated:
         check(stage, folder, rec, want, has_outputs)
-    if is_main() and rec != want:
-        atomic_write_json(folder / layout.RECORD, want)
+    if is_main():
+        remove_stale_temps(folder)  # a killed run's, removed before any rank writes here
+        if rec != want:
+            atomic_write_json(folder / layout.RECORD, want)
     barrier()
 
 

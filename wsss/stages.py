@@ -42,6 +42,7 @@ class Stage:
     redo_key: str = ""  # the config key that asks to make its outputs again
     redo_hint: str = ""  # the way out of a stale output, in a message
     training: bool = False  # a redo starts over
+    phases: str = ""  # training: "module:function" of cfg -> its phases (their batches are checked first)
     main_only: bool = False  # runs on rank 0 under torchrun (the others wait)
     also_on_stale: Callable[[Config], str] | None = None  # a third way out when an input is stale
 
@@ -64,7 +65,8 @@ def run(cfg: Config, name: str, redo: bool | None = None, **options: Any) -> dic
     if redo is None:
         redo = bool(_get(cfg, stage.redo_key)) if stage.redo_key else False
     claim(cfg.work_dir)
-    device = setup_runtime(cfg)
+    device = setup_runtime(cfg, autotune=stage.training)
+    check_batches(cfg, [name])
     ensure_data(cfg)
     record = records.begin(cfg, stage, redo)
     if is_main():
@@ -79,6 +81,19 @@ def run(cfg: Config, name: str, redo: bool | None = None, **options: Any) -> dic
     if stage.main_only:
         barrier()
     return result
+
+
+def check_batches(cfg: Config, names: list[str]) -> None:
+    """Every training phase of these stages splits its batch evenly over this job's ranks
+    (a ConfigError naming the key, before anything is computed)."""
+    from wsss.engine.distributed import get_world_size
+    from wsss.engine.trainer import check_batch
+
+    world = get_world_size()
+    for name in names:
+        if STAGES[name].phases and world > 1:
+            for phase in resolve(STAGES[name].phases)(cfg):
+                check_batch(phase, world)
 
 
 def _get(cfg: Config, key: str) -> Any:
@@ -143,7 +158,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
                   dirs=lambda cfg: [layout.method_dir(cfg, s) for s in records.method_sections(cfg)],
                   logs=lambda cfg: [layout.tensorboard(cfg, "tb")],
                   metrics=lambda cfg: ["train_cam_*", *_method_metrics(cfg)]),
-          what="checkpoints", redo_hint="redo it with train_cam.py --no-resume", training=True),
+          what="checkpoints", redo_hint="redo it with train_cam.py --no-resume", training=True,
+          phases="wsss.cam.training:cam_phases"),
     Stage("make_cam", "wsss.cam.make:make_cam_stage",
           lambda cfg: ["model", "cam", "train.aug.mean", "train.aug.std", "runtime.amp", METHODS],
           Outputs(folder=lambda cfg: Path(cfg.cam.out_dir), files="*.npz", metrics=lambda cfg: ["make_cam.*"]),
@@ -171,6 +187,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           excludes=SEG_EVAL_KEYS,
           inputs=lambda cfg: {"masks": records.folder_input(cfg, _mask_folder(cfg), STAGES["make_pseudo"])},
           what="DeepLab checkpoints", redo_hint="redo it with train_seg.py --no-resume", training=True,
+          phases="wsss.seg.training:seg_phases",
           also_on_stale=_train_seg_also),
     Stage("eval_seg", "wsss.seg.evaluate:eval_seg_stage", lambda cfg: ["data", *SEG_EVAL_KEYS, "seg.aug.mean", "seg.aug.std"],
           Outputs(dirs=lambda cfg: [layout.seg_predictions(cfg), Path(cfg.seg.out_dir) / "results"],

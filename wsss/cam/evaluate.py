@@ -13,7 +13,7 @@ from wsss.data.labels import ImageLabels
 from wsss.data.voc import VOCLayout
 from wsss.fileio import read_image, read_mask
 from wsss.metrics import ThresholdSweep, confusion_matrix, coverage, region_map, scores, threshold_range
-from wsss.parallel import chunks, imap_unordered
+from wsss.parallel import chunks, imap_unordered, workers_for
 from wsss.pseudo.refine import refined_labels
 from wsss.reports import md_table, pct, per_class_rows, save_metrics
 
@@ -104,7 +104,8 @@ def evaluate_cams(cfg: Config, split: str | None = None, cam_dir: str | Path | N
     split = split or e.split
     cam_dir = Path(cam_dir or e.cam_dir)
     thresholds = sweep_thresholds(cfg)
-    workers = cfg.pseudo.workers if workers is None else workers
+    # rank 0 alone evaluates while the other ranks wait: the whole node's cores
+    workers = workers_for(cfg.pseudo.workers if workers is None else workers, whole_node=True)
     t0 = time.perf_counter()
     has_parts = VOCLayout(cfg.data.root).part_dir.is_dir()
     sweep, regions = sweep_split(cfg, split, cam_dir, thresholds, workers, parts=has_parts)

@@ -19,8 +19,8 @@ from wsss.data.labels import ImageLabels
 from wsss.data.voc import VOCLayout
 from wsss.engine.checkpoint import state_sha256
 from wsss.engine.distributed import barrier, get_rank, get_world_size, is_main
-from wsss.fileio import atomic_path, remove_stale_temps
-from wsss.parallel import retain_freed_memory
+from wsss.fileio import atomic_path
+from wsss.parallel import retain_freed_memory, workers_for
 from wsss.reports import md_table, save_metrics
 
 BATCH_ON_CPU = False  # cam.images_per_batch applies on CUDA (tests switch it on to check batching on the CPU)
@@ -52,6 +52,31 @@ class _Batcher:
     def flush(self) -> list[dict] | None:
         out, self.items = self.items, []
         return out or None
+
+
+class _Writer:
+    """Files written by a thread while the next image is computed (the device does not wait for
+    the disk); at most ``pending`` files are in flight, and a failed write raises here."""
+
+    def __init__(self, pending: int = 4):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool, self.pending, self.futures = ThreadPoolExecutor(max_workers=1), pending, []
+
+    def submit(self, fn, *args, **kwargs) -> None:
+        self.futures.append(self.pool.submit(fn, *args, **kwargs))
+        while len(self.futures) >= self.pending:
+            self.futures.pop(0).result()
+
+    def __enter__(self) -> "_Writer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            for f in self.futures:
+                f.result()
+        finally:
+            self.pool.shutdown(wait=True)
 
 
 def cam_weights_input(cfg: Config) -> dict:
@@ -136,11 +161,11 @@ def make_cams(cfg: Config, model: torch.nn.Module, device: torch.device, split: 
                "reused_here": reused, "skipped_here": len(all_ids[rank::world]) - len(ids) - reused}
     if not ids:
         return {**summary, "seconds": 0.0, "images_per_s": 0.0}
-    remove_stale_temps(out_dir)
     dataset = InferenceDataset(cfg.data.root, ids, labels, scales=c.scales, mean=cfg.train.aug.mean, std=cfg.train.aug.std,
                                resize_mode=c.resize_mode, split_name=split)
-    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=c.workers, collate_fn=collate_single,
-                        pin_memory=device.type == "cuda", prefetch_factor=4 if c.workers > 0 else None)
+    workers = workers_for(c.workers)
+    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=workers, collate_fn=collate_single,
+                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers > 0 else None)
     model.eval()
     autocast = None
     if cfg.runtime.amp != "none":
@@ -159,8 +184,11 @@ def make_cams(cfg: Config, model: torch.nn.Module, device: torch.device, split: 
     t0 = time.perf_counter()
     done_times: list[tuple[int, float]] = []  # (images done, time): the steady-state rate skips start-up
 
+    writer = _Writer()
+
     def run(group: list[dict]) -> None:
-        inputs = [torch.stack([g["inputs"][s] for g in group]).to(device, non_blocking=True) for s in range(len(c.scales))]
+        # each pinned input goes to the device as it is (asynchronously) and is batched there
+        inputs = [torch.stack([g["inputs"][s].to(device, non_blocking=True) for g in group]) for s in range(len(c.scales))]
         if cfg.runtime.channels_last:
             inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
         h, w = group[0]["image"].shape[:2]
@@ -172,13 +200,13 @@ def make_cams(cfg: Config, model: torch.nn.Module, device: torch.device, split: 
         for n, g in enumerate(group):
             hr = normalize_cams(high[n]).cpu().numpy()
             st = normalize_cams(strided[n]).cpu().numpy() if strided is not None else None
-            save_cam(cam_path(out_dir, g["id"]), keys[n], hr, st, dtype=c.dtype)
+            writer.submit(save_cam, cam_path(out_dir, g["id"]), keys[n], hr, st, dtype=c.dtype)
         done_times.append((len(group), time.perf_counter()))
         if bar is not None:
             bar.update(len(group))
 
     # freed activations stay in the heap for the next image (no page faults; values unchanged)
-    with torch.inference_mode(), retain_freed_memory():
+    with torch.inference_mode(), retain_freed_memory(), writer:
         for sample in loader:
             group = batcher.add(sample)
             if group:

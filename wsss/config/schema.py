@@ -124,7 +124,7 @@ class TrainConfig(ScheduleConfig):
     # loaded whole before the first phase. With epochs: 0 it is taken as it is: a finished
     # CAM run becomes the GLM of GSLM's rounds without training it again.
     init_checkpoint: str = ""
-    workers: int = 4
+    workers: int = -1  # -1: the node's cores over the ranks on it (wsss.parallel.workers_for)
     log_interval: int = 20
     ckpt_interval: int = 200  # steps between last.pth saves (and at each phase end)
     vis_interval: int = 200  # steps between CAM overlays in TensorBoard (0 = off)
@@ -166,7 +166,7 @@ class CamConfig:
     save_strided: bool = False
     strided_stride: int = 4
     images_per_batch: int = 4  # equal-sized images are batched (exact: BN is frozen in eval)
-    workers: int = 2
+    workers: int = -1  # -1: the node's cores over the ranks on it (wsss.parallel.workers_for)
     redo: bool = False
 
 
@@ -221,7 +221,7 @@ class PseudoConfig:
     crf: bool = True
     crf_params: CRFConfig = field(default_factory=CRFConfig)  # the label CRF (GSLM's)
     shared_pairwise: bool = True  # build the CRF's pairwise terms once for fg and bg
-    workers: int = 2
+    workers: int = -1  # -1: the node's cores over the ranks on it (wsss.parallel.workers_for)
     redo: bool = False
     eval_split: str = "train"  # evaluate the masks of this split against GT ("" = skip)
 
@@ -261,7 +261,7 @@ class SegConfig(ScheduleConfig):
     # name lies under data.root (SegmentationClassAug), a path is used as is
     mask_dir: str = ""
     head_bias_lr_mult: float = 20.0  # head biases (no weight decay on them)
-    workers: int = 4
+    workers: int = -1  # -1: the node's cores over the ranks on it (wsss.parallel.workers_for)
     log_interval: int = 20
     ckpt_interval: int = 1000
     val_interval: int = 0  # > 0: val mIoU every N iterations (needs GT)

@@ -29,6 +29,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def main_first(fn) -> None:
+    """``fn()`` on rank 0 while every other rank waits, before and after (e.g. removing a
+    folder's leftover temporary files before any rank writes there)."""
+    barrier()
+    if is_main():
+        fn()
+    barrier()
+
+
 def init_distributed(device: torch.device) -> bool:
     """Initialise the process group when launched by torchrun (WORLD_SIZE > 1)."""
     if is_distributed():

@@ -34,7 +34,7 @@ from wsss.engine.distributed import get_rank, get_world_size, init_distributed, 
 from wsss.engine.optim import build_poly, build_sgd
 from wsss.engine.sampler import ResumableSampler
 from wsss.fileio import remove_stale_temps
-from wsss.parallel import retain_freed_memory
+from wsss.parallel import retain_freed_memory, workers_for
 
 
 class NonFiniteLossError(RuntimeError):
@@ -48,7 +48,7 @@ class Schedule(ScheduleConfig):
 
     epochs: int = 0
     max_steps: int = 0  # > 0 caps the total (smoke runs)
-    workers: int = 4
+    workers: int = -1  # -1: the node's cores over its ranks (wsss.parallel.workers_for)
     poly_span: tuple = (0.0, 1.0)  # the share of a longer poly decay this phase covers
     log_interval: int = 20
     ckpt_interval: int = 200
@@ -79,6 +79,7 @@ class Phase:
     visualize: Optional[Callable[[nn.Module, dict, dict], Optional[np.ndarray]]] = None
     validate: Optional[Callable[[nn.Module, "TrainContext"], dict]] = None
     seed_offset: int = 0
+    batch_key: str = "train.batch_size"  # the config key of its global batch (messages name it)
 
 
 @dataclass
@@ -115,18 +116,16 @@ class TrainContext:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
 
-def setup_runtime(cfg: Config) -> torch.device:
-    """Device, distributed init, threads and the determinism switch."""
+def setup_runtime(cfg: Config, autotune: bool = False) -> torch.device:
+    """Device, distributed init, threads, the determinism switch and the seed. ``autotune``:
+    cudnn's autotuner, for work whose shapes repeat (training on fixed crops); make_cam and
+    the evaluations see a new shape with nearly every image, and each would be tuned anew."""
     device = select_device(cfg.runtime.device)
     init_distributed(device)
     if cfg.runtime.threads > 0:
         torch.set_num_threads(cfg.runtime.threads)
-    if cfg.runtime.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    set_determinism(device, cfg.runtime.deterministic)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and autotune and not cfg.runtime.deterministic
     seed = cfg.seed + get_rank()
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
@@ -134,6 +133,16 @@ def setup_runtime(cfg: Config) -> torch.device:
 
     random.seed(seed)
     return device
+
+
+def set_determinism(device: torch.device, on: bool) -> None:
+    """runtime.deterministic: deterministic kernels everywhere. On the CPU every op used here
+    has one, and a missing one is an error; on CUDA some have none (adaptive max pool's
+    backward in the SR loss, interpolate's backward and the NLL loss in DeepLab), so those
+    warn and run their usual kernel instead of stopping the run."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on, warn_only=on and device.type == "cuda")
 
 
 def make_context(cfg: Config, device: torch.device, stage: str, ckpt_dir: Path, tb_name: str = "tb") -> TrainContext:
@@ -188,9 +197,23 @@ class _FiniteWatch:
         self.count += 1
 
     def check(self, last_good: str) -> None:
+        """Raise when a term was not finite on any rank: every rank calls it at the same steps,
+        and under DDP the ranks agree first (one rank's inf reaches every rank's weights through
+        the averaged gradients, so rank 0 must not checkpoint them)."""
         if self.first_bad is None:
             return
-        fb = self.first_bad.tolist()
+        fb = self.first_bad
+        if is_distributed():
+            never = torch.iinfo(torch.long).max
+            fb = torch.where(fb < 0, torch.full_like(fb, never), fb)
+            if fb.device.type == "cpu" or torch.distributed.get_backend() != "gloo":
+                torch.distributed.all_reduce(fb, op=torch.distributed.ReduceOp.MIN)
+            else:  # gloo reduces CPU tensors only
+                cpu = fb.cpu()
+                torch.distributed.all_reduce(cpu, op=torch.distributed.ReduceOp.MIN)
+                fb = cpu.to(fb.device)
+            fb = torch.where(fb == never, torch.full_like(fb, -1), fb)
+        fb = fb.tolist()
         bad = [(s, n) for s, n in zip(fb, self.names) if s >= 0]
         if bad:
             # name the specific term rather than the total when both went bad at the same step
@@ -340,9 +363,8 @@ def _data(phase: Phase, ctx: TrainContext):
     """The phase's loader over a resumable sampler sharded across ranks, and the step count:
     (loader, sampler, per-rank batch, steps per epoch, total steps)."""
     cfg, sched = ctx.cfg, phase.schedule
+    check_batch(phase, ctx.world_size)
     dataset = phase.build_dataset(ctx)
-    if sched.batch_size % ctx.world_size:
-        raise ValueError(f"[{phase.name}] batch size {sched.batch_size} is not divisible by the {ctx.world_size} ranks")
     per_rank_batch = sched.batch_size // ctx.world_size
     sampler = ResumableSampler(len(dataset), seed=cfg.seed + 1000 * phase.seed_offset, rank=ctx.rank, world_size=ctx.world_size)
     steps_per_epoch = sampler.per_rank // per_rank_batch
@@ -351,12 +373,27 @@ def _data(phase: Phase, ctx: TrainContext):
     total = sched.iterations if sched.iterations > 0 else sched.epochs * steps_per_epoch
     if sched.max_steps > 0:
         total = min(total, sched.max_steps)
-    workers = sched.workers
+    workers = workers_for(sched.workers)
     loader = DataLoader(dataset, batch_size=per_rank_batch, sampler=sampler, num_workers=workers, drop_last=True,
                         pin_memory=cfg.runtime.pin_memory and ctx.device.type == "cuda",
                         persistent_workers=cfg.runtime.persistent_workers and workers > 0,
                         prefetch_factor=4 if workers > 0 else None)
     return loader, sampler, per_rank_batch, steps_per_epoch, total
+
+
+def check_batch(phase: Phase, world: int) -> None:
+    """A phase's global batch splits evenly over the ranks (each rank takes batch / world);
+    a ConfigError naming the key and what works, before anything is computed."""
+    from wsss.config import ConfigError
+
+    b = phase.schedule.batch_size
+    if b % world == 0:
+        return
+    ranks = [d for d in range(1, b + 1) if b % d == 0]
+    down, up = (b // world) * world, (b // world + 1) * world
+    near = f"{down} or {up}" if down else f"{up}"
+    raise ConfigError(f"{phase.batch_key}: {b} ({phase.name}) is not divisible by the {world} ranks of this job; "
+                      f"set it to a multiple of {world} ({near}), or run it on {', '.join(map(str, ranks))} ranks")
 
 
 def _optimisation(bare: nn.Module, phase: Phase, total: int, amp: str, device: torch.device):

@@ -128,14 +128,15 @@ def seg_param_groups(model: nn.Module, head_lr_mult: float, head_bias_lr_mult: f
     ]
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, n_valid: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy over the pixels whose label is not 255, logits upsampled to the label size.
 
-    Normalised by the number of valid pixels (at least 1), so a batch that is all
-    255 gives zero loss instead of NaN.
+    Normalised by the number of valid pixels (``n_valid``, default this batch's; at least 1),
+    so a batch that is all 255 gives zero loss instead of NaN.
     """
     if logits.shape[-2:] != target.shape[-2:]:
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
     total = F.cross_entropy(logits.float(), target, ignore_index=255, reduction="sum")
-    n_valid = (target != 255).sum().clamp(min=1)
-    return total / n_valid
+    if n_valid is None:
+        n_valid = (target != 255).sum()
+    return total / n_valid.clamp(min=1)

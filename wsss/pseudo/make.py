@@ -12,10 +12,10 @@ from wsss.config import Config, CRFConfig
 from wsss.data.cam_files import cam_path, load_cam
 from wsss.data.labels import ImageLabels
 from wsss.data.voc import VOCLayout
-from wsss.engine.distributed import barrier, get_rank, get_world_size, is_main
+from wsss.engine.distributed import barrier, get_rank, get_world_size, is_main, main_first
 from wsss.fileio import DataError, read_image, read_mask, remove_stale_temps, write_palette_png
 from wsss.metrics import confusion_matrix, scores
-from wsss.parallel import chunks, imap_unordered
+from wsss.parallel import chunks, imap_unordered, workers_for
 from wsss.pseudo.refine import cams_to_pseudo
 from wsss.reports import md_table, pct, per_class_rows, save_metrics
 
@@ -37,7 +37,9 @@ def make_pseudo_masks(cfg: Config, split: str | None = None, cam_dir: str | Path
     cam_dir = Path(cam_dir or p.cam_dir)
     out_dir = Path(out_dir or p.out_dir)
     redo = p.redo if redo is None else redo
-    workers = p.workers if workers is None else workers
+    workers = workers_for(p.workers if workers is None else workers)
+    # a killed run's temporary files go first, by one rank, before any rank's workers write here
+    main_first(lambda: remove_stale_temps(out_dir))
     all_ids = ids if ids is not None else VOCLayout(cfg.data.root).read_split(split)
     all_ids = all_ids[get_rank()::get_world_size()]  # under torchrun each rank's pool takes its share
     todo = list(all_ids) if redo else [i for i in all_ids if not (out_dir / f"{i}.png").is_file()]
@@ -45,7 +47,6 @@ def make_pseudo_masks(cfg: Config, split: str | None = None, cam_dir: str | Path
     if missing:
         raise DataError(f"{cam_path(cam_dir, missing[0])}: CAM file not found ({len(missing)} of split {split} missing; run make_cam first)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out_dir)
     crf = p.crf_params if p.crf else None
     fn = partial(_make_one, root=cfg.data.root, cam_dir=str(cam_dir), out_dir=str(out_dir),
                  p={"fg_thres": p.fg_thres, "bg_thres": p.bg_thres, "shared_pairwise": p.shared_pairwise}, crf=crf)
@@ -153,7 +154,7 @@ def eval_pseudo_stage(cfg: Config, device, redo: bool) -> dict:
     if not p.eval_split:
         return {}
     names = ["background"] + ImageLabels.load(cfg.data.label_file, cfg.data.num_classes).classes
-    r = evaluate_masks(cfg, p.out_dir, p.eval_split, names, workers=p.workers)
+    r = evaluate_masks(cfg, p.out_dir, p.eval_split, names, workers=workers_for(p.workers, whole_node=True))
     md = (f"# Pseudo masks ({r['split']}, {r['num_images']} images)\n\n"
           f"* mIoU with uncertain (255) pixels counted as background: **{pct(r['miou_255_as_background'])}**\n"
           f"* mIoU over confident pixels only: **{pct(r['miou_confident_pixels'])}** "

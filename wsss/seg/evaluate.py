@@ -19,6 +19,7 @@ from wsss.fileio import DataError, write_palette_png
 from wsss.metrics import confusion_matrix, scores
 from wsss.models.backbones import load_state_dict_checked
 from wsss.models.deeplab import build_deeplab
+from wsss.parallel import workers_for
 from wsss.pseudo.crf import crf_probabilities
 from wsss.reports import md_table, pct, per_class_rows, save_metrics
 
@@ -63,7 +64,7 @@ def predict_split(cfg: Config, model: torch.nn.Module, device: torch.device, spl
     labels = None
     ds = InferenceDataset(cfg.data.root, ids, labels, scales=scales, mean=s.aug.mean, std=s.aug.std, resize_mode="bilinear",
                           split_name=split, gt_dir=cfg.data.gt_dir if with_gt else None, num_classes=cfg.data.num_classes)
-    loader = DataLoader(ds, batch_size=1, num_workers=min(s.workers, 2), collate_fn=collate_single)
+    loader = DataLoader(ds, batch_size=1, num_workers=min(workers_for(s.workers, whole_node=True), 2), collate_fn=collate_single)
     bar = None
     if progress:
         from tqdm import tqdm

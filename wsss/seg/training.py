@@ -12,6 +12,7 @@ from wsss.data.datasets import SegmentationDataset
 from wsss.data.transforms import TrainTransform
 from wsss.data.voc import VOCLayout
 from wsss.engine.checkpoint import unwrap
+from wsss.engine.distributed import all_reduce_sum
 from wsss.engine.trainer import Phase, Schedule, TrainContext, make_context, run_phases
 from wsss.models.deeplab import build_deeplab, seg_param_groups, segmentation_loss
 from wsss.pretrain import ensure_pretrained
@@ -22,7 +23,13 @@ def seg_schedule(cfg: Config) -> Schedule:
 
 
 def seg_loss(net: nn.Module, batch: dict, ctx: TrainContext) -> dict:
-    loss = segmentation_loss(net(batch["img"]), batch["mask"])
+    n_valid = (batch["mask"] != 255).sum()
+    if ctx.world_size > 1:
+        # the recipe's loss is a mean over the whole batch's valid pixels; each rank holds a
+        # share of them, and DDP averages the ranks' gradients: normalising by the global count
+        # (times the world size) gives N ranks the gradients of one process on the batch
+        n_valid = all_reduce_sum(n_valid.float()) / ctx.world_size
+    loss = segmentation_loss(net(batch["img"]), batch["mask"], n_valid)
     return {"loss": loss, "ce": loss}
 
 
@@ -45,7 +52,11 @@ def seg_phase(cfg: Config) -> Phase:
 
     return Phase(name="deeplab", schedule=seg_schedule(cfg), build_dataset=dataset, compute_loss=seg_loss,
                  param_groups=lambda m: seg_param_groups(unwrap(m), s.head_lr_mult, s.head_bias_lr_mult),
-                 validate=validate if s.val_interval > 0 else None)
+                 validate=validate if s.val_interval > 0 else None, batch_key="seg.batch_size")
+
+
+def seg_phases(cfg: Config) -> list[Phase]:
+    return [seg_phase(cfg)]
 
 
 def train_seg(cfg: Config, device: torch.device, resume: bool = True) -> Path:
@@ -56,7 +67,7 @@ def train_seg(cfg: Config, device: torch.device, resume: bool = True) -> Path:
     model = build_deeplab(cfg.seg, cfg.data.num_classes + 1)
     ctx.log(f"training {cfg.seg.arch} ({cfg.seg.backbone}) on masks in {cfg.seg.mask_dir}")
     try:
-        return run_phases(model, [seg_phase(cfg)], ctx, resume=resume, final_path=Path(cfg.seg.checkpoint),
+        return run_phases(model, seg_phases(cfg), ctx, resume=resume, final_path=Path(cfg.seg.checkpoint),
                           final_meta={"arch": cfg.seg.arch, "num_classes": cfg.data.num_classes + 1})
     finally:
         if ctx.writer is not None:
