@@ -4,7 +4,6 @@ writes a checkpoint of them."""
 import sys
 from pathlib import Path
 
-
 from wsss.cam.training import build_cam_model, cam_param_groups, classification_dataset, classification_loss
 from wsss.config import load_config
 from wsss.engine.distributed import get_rank, get_world_size
