@@ -247,3 +247,23 @@ def test_worker_counts_default_to_the_node_shared_by_its_ranks(monkeypatch):
     assert workers_for(-1) == max(1, cores // 4) and workers_for(-1, whole_node=True) == cores
     assert workers_for(3) == 3 and workers_for(0) == 0
     assert TrainConfig().workers == CamConfig().workers == PseudoConfig().workers == SegConfig().workers == -1
+
+
+@pytest.mark.slow
+def test_check_gpu_runs_its_cpu_parts_here(tmp_path):
+    """scripts/check_gpu.py on a machine without CUDA: its own data, the whole pipeline as two
+    gloo ranks, the CRF at 1 and 2 workers; the CUDA parts listed as skipped."""
+    import json
+
+    from conftest import run_script
+
+    out = tmp_path / "check"
+    proc = run_script("check_gpu.py", "--cpu", "--out", str(out), "--steps", "2")
+    res = json.loads((out / "check_gpu.json").read_text())
+    assert res["ok"] and "check_gpu: ok" in proc.stdout
+    run = res["runs"]["gloo_2_ranks_cpu"]
+    assert run["ranks"] == 2 and set(run["seconds"]) >= {"train_cam", "make_cam", "eval_cam", "make_pseudo", "train_seg", "eval_seg"}
+    assert {"train_cam_stage1", "train_cam_stage3", "train_seg_deeplab"} <= set(run["training_phases"])
+    assert all(0 <= p["data_wait_share"] <= 1 for p in run["training_phases"].values())
+    assert res["crf_images_per_s"]["workers_1"] > 0
+    assert "NCCL (no CUDA)" in res["skipped"] and "torch.compile" in res["skipped"]

@@ -50,6 +50,7 @@ HARMLESS_NAMES = frozenset({"workers", "log_interval", "ckpt_interval", "vis_int
 HARMLESS_KEYS = frozenset({
     "exp_name", "work_dir", "data.root", "data.label_file",
     "runtime.device", "runtime.deterministic", "runtime.channels_last", "runtime.compile", "runtime.compile_backend",
+    "runtime.dist_backend",
     "cam.split", "cam.checkpoint", "cam.out_dir", "cam.images_per_batch",
     "eval_cam.cam_dir",
     "pseudo.split", "pseudo.cam_dir", "pseudo.out_dir", "pseudo.shared_pairwise",

@@ -142,6 +142,9 @@ class RuntimeConfig:
     # same graphs without code generation (isolates a compiler problem; what the CPU tests use)
     compile_backend: str = "inductor"
     sync_bn: bool = True  # under DDP on CUDA, trainable BN becomes SyncBatchNorm
+    # under torchrun: nccl on CUDA, gloo on the CPU (auto); gloo on CUDA tensors runs several
+    # ranks on one GPU (scripts/check_gpu.py), which NCCL refuses
+    dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
     pin_memory: bool = True
     persistent_workers: bool = True
     threads: int = 0  # torch.set_num_threads when > 0

@@ -38,15 +38,17 @@ def main_first(fn) -> None:
     barrier()
 
 
-def init_distributed(device: torch.device) -> bool:
-    """Initialise the process group when launched by torchrun (WORLD_SIZE > 1)."""
+def init_distributed(device: torch.device, backend: str = "auto") -> bool:
+    """Initialise the process group when launched by torchrun (one process too: the same path
+    as on several GPUs). ``backend``: auto = nccl on CUDA, gloo on the CPU."""
     if is_distributed():
         return True
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return False
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "auto":
+        backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     # long CPU stages (the CRF over COCO) can keep ranks at a barrier for a while
     dist.init_process_group(backend=backend, timeout=timedelta(hours=4))
     return True
@@ -63,7 +65,8 @@ def select_device(name: str) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError("runtime.device=cuda but CUDA is not available")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        # more ranks than GPUs (gloo, several ranks on one GPU) share them round robin
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return torch.device("cpu")
 
 

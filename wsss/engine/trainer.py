@@ -121,7 +121,7 @@ def setup_runtime(cfg: Config, autotune: bool = False) -> torch.device:
     cudnn's autotuner, for work whose shapes repeat (training on fixed crops); make_cam and
     the evaluations see a new shape with nearly every image, and each would be tuned anew."""
     device = select_device(cfg.runtime.device)
-    init_distributed(device)
+    init_distributed(device, cfg.runtime.dist_backend)
     if cfg.runtime.threads > 0:
         torch.set_num_threads(cfg.runtime.threads)
     set_determinism(device, cfg.runtime.deterministic)
