@@ -19,7 +19,12 @@ def test_pretraining_makes_a_checked_local_weights_file(tiny_cfg, tmp_path):
     from wsss.pretrain import ensure_pretrained, file_sha256
 
     cfg = _cfg(tiny_cfg, tmp_path)
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
     ensure_pretrained(cfg)
+    # the run that made the weights goes on from the random state it had: its numbers do not
+    # depend on whether it or an earlier run made them
+    assert torch.equal(torch.get_rng_state(), before)
     weights = tmp_path / "pre" / "r18.pth"
     meta = json.loads((tmp_path / "pre" / "r18.pth.json").read_text())
     assert meta["sha256"] == file_sha256(weights)

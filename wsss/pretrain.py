@@ -69,7 +69,14 @@ def ensure_pretrained(cfg, device=None) -> None:
     from wsss.engine.distributed import barrier, get_rank
 
     if get_rank() == 0:
-        pretrain_backbone(cfg, device)
+        import torch
+
+        # the pretraining draws from torch's global generator: the run that made the weights
+        # must go on from the same random state as a run that found them made (its CAM head's
+        # initialisation, its shuffles), or its numbers would depend on which run came first
+        gpu = [device.index or 0] if device is not None and device.type == "cuda" else []
+        with torch.random.fork_rng(devices=gpu):
+            pretrain_backbone(cfg, device)
     barrier()
     check_pretrained(cfg)
 
