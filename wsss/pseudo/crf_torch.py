@@ -37,8 +37,8 @@ beyond about +-10,000 (e.g. sxy < 0.1 on a 500-pixel image) wrap there and do no
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -48,12 +48,12 @@ from wsss.config import CRFConfig
 __all__ = [
     "PermutohedralLattice",
     "TorchDenseCRF",
+    "crf_labels_batch",
+    "crf_labels_torch",
+    "crf_probabilities_batch",
+    "crf_probabilities_torch",
     "unary_from_labels_torch",
     "unary_from_softmax_torch",
-    "crf_labels_torch",
-    "crf_labels_batch",
-    "crf_probabilities_torch",
-    "crf_probabilities_batch",
 ]
 
 F32 = torch.float32
@@ -79,121 +79,183 @@ class PermutohedralLattice:
 
     ``image`` [P] (int64): the image of each point; points of different images never share a
     lattice vertex. ``pad`` [P] (bool): points that create lattice vertices but carry no value
-    (the C++'s padding lanes, see :func:`lattice_points`); filtering returns values for the other
-    points only, in order.
+    (the C++'s padding lanes, see :func:`lattice_points`); filtering takes and returns values for
+    the other points only, in order.
     """
+
+    # the vertex ids come from a direct-address table when the codes span at most this many
+    # entries per code (position-only kernels), else from a sort (torch.unique) and searchsorted
+    # (an open-addressing hash table in tensor rounds measured slower than searchsorted on a CPU)
+    DENSE_FACTOR = 8
 
     def __init__(self, features: torch.Tensor, image: torch.Tensor | None = None, pad: torch.Tensor | None = None):
         if features.dim() != 2 or features.dtype != F32:
             raise ValueError(f"features must be a float32 [P, d] tensor, not {features.dtype} {tuple(features.shape)}")
         dev = features.device
         n, d = features.shape
+        if n == 0 or d == 0:
+            raise ValueError(f"features must be [P, d] with P, d > 0, not {tuple(features.shape)}")
         self.d = d
-        image = torch.zeros(n, dtype=torch.long, device=dev) if image is None else image.to(dev, torch.long)
         d1 = d + 1
+        image = torch.zeros(n, dtype=torch.long, device=dev) if image is None else image.to(dev, torch.long)
         inv = _f32(1.0 / d1)  # 1.0f / (d+1)
+        f = features.T  # [d, n]: one row per coordinate
 
-        # elevate: y = E f (p.5 of Adams et al.), sm running sum of the scaled features
+        # elevate: y = E f (p.5 of Adams et al.), sm the running sum of the scaled features
         sf = _scale_factors(d)
-        elev = torch.empty(n, d1, dtype=F32, device=dev)
+        elev = torch.empty(d1, n, dtype=F32, device=dev)
         sm = torch.zeros(n, dtype=F32, device=dev)
         for j in range(d, 0, -1):
-            cf = features[:, j - 1] * sf[j - 1]
-            elev[:, j] = sm - j * cf
-            sm = sm + cf
-        elev[:, 0] = sm
+            cf = f[j - 1] * sf[j - 1]
+            torch.sub(sm, cf * j, out=elev[j])
+            sm.add_(cf)
+        elev[0] = sm
 
         # the closest remainder-0 point: round (to nearest even, as SSE's cvtps2dq) each coordinate
         v = torch.round(elev * inv)
-        rem0 = v * d1
-        total = v.sum(1, keepdim=True).long()  # small integers: exact in any order
-        # ranks of the residuals: coordinate k counts the j > k with res_k < res_j and the i < k
-        # with res_k <= res_i (the C++'s pairwise loop, ties to the earlier coordinate)
+        total = v.sum(0).long()  # small integers: exact in any order
+        rem0 = v.mul_(d1)
         res = elev - rem0
-        lt = res[:, :, None] < res[:, None, :]
-        le = res[:, :, None] <= res[:, None, :]
-        upper = torch.ones(d1, d1, dtype=torch.bool, device=dev).triu(1)
-        rank = ((lt & upper).sum(2) + (le & upper.T).sum(2)) + total
-        # bring the point back onto the plane (rank in 0..d)
-        shift = (rank < 0).long() * d1 - (rank >= d1).long() * d1
-        rank = rank + shift
-        rem0 = rem0 + shift.to(F32)
+        # the ranks of the residuals as the C++'s pairwise loop counts them: for i < j, i gains
+        # one if res_i < res_j, else j does (ties go to the later coordinate)
+        rank = torch.zeros(d1, n, dtype=torch.long, device=dev)
+        for i in range(d):
+            for j in range(i + 1, d1):
+                c = res[i] < res[j]
+                rank[i] += c
+                rank[j] += ~c
+        # bring the point back onto the plane (ranks into 0..d)
+        rank += total
+        shift = (rank < 0).long().mul_(d1).sub_((rank >= d1).long().mul_(d1))
+        rank += shift
+        rem0 += shift.to(F32)
 
-        # barycentric weights (p.10): bary[p] = res_(rank d-p) - res_(rank d-p+1), with the wrap
-        # bary[0] = res_(rank d) + (1 - res_(rank 0)), res = (elevated - rem0) / (d+1)
-        vres = (elev - rem0) * inv
-        by_rank = torch.zeros_like(vres).scatter_(1, rank, vres)
+        # barycentric weights (p.10), by remainder: bary[p] = res'_(rank d-p) - res'_(rank d-p+1)
+        # and bary[0] = res'_(rank d) + (1 - res'_(rank 0)), res' = (elevated - rem0) / (d+1)
+        vres = (elev - rem0).mul_(inv)
+        by_rank = torch.zeros_like(vres).scatter_(0, rank, vres)
         bary = torch.empty_like(vres)
-        bary[:, 0] = by_rank[:, d] + (1.0 - by_rank[:, 0])
-        bary[:, 1:] = torch.flip(by_rank[:, :d] - by_rank[:, 1:], dims=[1])
+        bary[0] = by_rank[d] + (1.0 - by_rank[0])
+        bary[1:] = torch.flip(by_rank[:d] - by_rank[1:], dims=[0])
 
-        # the simplex's vertices: for remainder r, key_i = rem0_i + r - (d+1) * [rank_i > d - r];
-        # as integers q_i = key_i div (d+1) for the first d coordinates (the last is implied)
-        q0 = torch.div(rem0[:, :d].long(), d1, rounding_mode="floor")  # [n, d]
-        r_idx = torch.arange(d1, device=dev)
-        above = rank[:, None, :d] > (d - r_idx)[None, :, None]  # [n, r, i]
-        q = q0[:, None, :] - above.long()  # [n, d+1 (r), d]
-        # one int64 code per vertex: image, remainder, and each coordinate shifted into 1..span-2 so
-        # that a neighbour (coordinates +-1) stays inside 0..span-1 and codes never alias
-        qmin = q0.min(0).values - 1
-        span = q0.max(0).values - qmin + 3
+        # the simplex's vertex of remainder r: key_i = rem0_i + r - (d+1) [rank_i > d - r]. As one
+        # int64 code: the image, r, and the first d coordinates divided by d+1 (the last is
+        # implied), each shifted into 1..span-2 so that a neighbour (+-1) stays in 0..span-1
+        q0 = torch.div(rem0[:d].long(), d1, rounding_mode="floor")  # [d, n]
+        qmin = q0.min(1).values - 1
+        span = q0.max(1).values - qmin + 3
         strides = [1] * d
         for i in range(d - 2, -1, -1):
             strides[i] = strides[i + 1] * int(span[i + 1])
         s_r = strides[0] * int(span[0])
         s_img = s_r * d1
-        n_img = int(image.max()) + 1 if n else 1
-        if s_img * n_img >= 2 ** 62:
+        n_img = int(image.max()) + 1
+        space = s_img * n_img
+        if space >= 2 ** 62:
             raise ValueError(f"lattice too large for int64 vertex codes ({n_img} images, spans {span.tolist()}); "
                              "filter fewer images at once")
-        stride_t = torch.tensor(strides, dtype=torch.long, device=dev)
-        codes = (image[:, None] * s_img + r_idx[None, :] * s_r
-                 + ((q - qmin + 1) * stride_t).sum(2))  # [n, d+1]
-        uniq, inverse = torch.unique(codes.reshape(-1), sorted=True, return_inverse=True)
-        self.M = int(uniq.numel())
-        keep = slice(None) if pad is None else ~pad.to(dev)
-        # vertex ids shifted by one: 0 is the absent neighbour, whose value stays 0
-        self.offsets = (inverse.view(n, d1) + 1)[keep].contiguous()  # [P, d+1]
-        self.weights = bary[keep].contiguous()  # [P, d+1]
-        self.n_points = int(self.offsets.shape[0])
+        stride_t = torch.tensor(strides, dtype=torch.long, device=dev)[:, None]
+        code0 = image * s_img + ((q0 - qmin[:, None] + 1) * stride_t).sum(0)
+        # sum of the strides of the coordinates with rank > d - r, by suffix sums over ranks
+        by_rank_s = torch.zeros(d1, n, dtype=torch.long, device=dev).scatter_(0, rank[:d], stride_t.expand(d, n))
+        suffix = by_rank_s.flip(0).cumsum(0)  # suffix[k] = sum over ranks >= d-k
+        codes = torch.empty(d1, n, dtype=torch.long, device=dev)
+        codes[0] = code0
+        for r in range(1, d1):
+            codes[r] = code0 + r * s_r - suffix[r - 1]
 
-        # blur neighbours along direction j: n1 = key - 1 + (d+1) e_j, n2 = key + 1 - (d+1) e_j
-        # (e_d touches only the implied last coordinate), in code space
-        r_of = torch.div(uniq, s_r, rounding_mode="floor") % d1
-        sum_s = sum(strides)
-        e = strides + [0]
-        base1 = torch.where(r_of >= 1, uniq - s_r, uniq + d * s_r - sum_s)
-        base2 = torch.where(r_of <= d - 1, uniq + s_r, uniq - d * s_r + sum_s)
-        nb = torch.empty(d1, 2, self.M, dtype=torch.long, device=dev)
-        for j in range(d1):
-            for k, code in enumerate((base1 + e[j], base2 - e[j])):
-                pos = torch.searchsorted(uniq, code).clamp_(max=max(self.M - 1, 0))
-                nb[j, k] = torch.where(uniq[pos] == code, pos + 1, 0)
-        self.neighbours = nb
+        flat = codes.reshape(-1)
+        if space < 2 ** 31:  # sorting int32 takes half the time of int64
+            flat = flat.int()
+        if space <= self.DENSE_FACTOR * flat.numel():
+            # a direct-address table: table[code] = vertex id + 1 (ids in code order), 0 if absent
+            table = torch.zeros(space, dtype=torch.int32 if space < 2 ** 31 else torch.long, device=dev)
+            table[flat.long()] = 1
+            uniq = torch.nonzero(table).squeeze(1)
+            self.M = int(uniq.numel())
+            table[uniq] = torch.arange(1, self.M + 1, dtype=table.dtype, device=dev)
+            offsets = table[flat.long()].view(d1, n)
+
+            def lookup(c: torch.Tensor) -> torch.Tensor:
+                return table[c]
+        else:
+            uniq, inverse = torch.unique(flat, sorted=True, return_inverse=True)
+            uniq = uniq.long()
+            self.M = int(uniq.numel())
+            offsets = inverse.view(d1, n) + 1
+
+            def lookup(c: torch.Tensor) -> torch.Tensor:
+                pos = torch.searchsorted(uniq, c).clamp_(max=self.M - 1)
+                return torch.where(uniq[pos] == c, pos + 1, 0)
+        # vertex ids shifted by one: row 0 of the values is the absent neighbour, always 0
+        keep = slice(None) if pad is None or not bool(pad.any()) else ~pad.to(dev)
+        self.offsets = offsets[:, keep].long().contiguous()  # [d+1, P] (int64: index_add_ is slower with int32)
+        self.weights = bary[:, keep].contiguous()  # [d+1, P]
         self.alpha = _f32(1.0 / (1.0 + 2.0 ** -d))  # 1.0f / (1 + powf(2, -d))
+        self.weights_alpha = self.weights * self.alpha
+        self.n_points = int(self.offsets.shape[1])
+
+        # blur neighbours along direction j: n1 = key - 1 + (d+1) e_j (e_d moves only the implied
+        # last coordinate), in code space; n2 = key + 1 - (d+1) e_j is n1's inverse: u = n2(v)
+        # exactly when v = n1(u)
+        r_of = torch.div(uniq, s_r, rounding_mode="floor") % d1
+        base1 = torch.where(r_of >= 1, uniq - s_r, uniq + (d * s_r - sum(strides)))
+        e = strides + [0]
+        queries = torch.stack([base1 + e[j] for j in range(d1)])  # [d+1, M]
+        n1 = lookup(queries.view(-1)).view(d1, self.M).long()
+        nb = torch.zeros(d1, 2, self.M + 1, dtype=torch.long, device=dev)
+        nb[:, 0, 1:] = n1
+        src = torch.arange(1, self.M + 1, device=dev).expand(d1, self.M)
+        nb[:, 1].scatter_(1, n1, src)  # n2(n1(v)) = v; absent n1 (0) lands in column 0, dropped
+        self.neighbours = nb[:, :, 1:].contiguous()
+        self._work: dict = {}
+
+    def _buffers(self, k: int, device) -> dict:
+        key = (k, device)
+        if key not in self._work:
+            self._work.clear()  # one size at a time
+            def z(*shape: int) -> torch.Tensor:
+                return torch.zeros(*shape, dtype=F32, device=device)
+
+            self._work[key] = {"values": z(k, self.M + 1), "new": z(k, self.M + 1), "ga": z(k, self.M),
+                               "gb": z(k, self.M), "t": z(k, self.n_points)}
+        return self._work[key]
 
     def compute(self, x: torch.Tensor, scalar_order: bool = False) -> torch.Tensor:
-        """Filter ``x`` [P, K] (float32): splat, blur along j = 0..d, slice.
+        """Filter ``x`` [K, P] (float32; K values per point, channel-major): splat, blur along
+        j = 0..d, slice; returns [K, P].
 
         ``scalar_order``: the slice's product as the C++'s scalar code does it, (w * v) * alpha,
-        which it runs for K <= 2 values per point; else its SSE code's (w * alpha) * v. Pass the
-        number of labels' choice when K stacks several label maps."""
-        p, k = x.shape
-        d1 = self.d + 1
-        w = self.weights
-        src = (w[:, :, None] * x[:, None, :]).reshape(p * d1, k)
-        values = torch.zeros(self.M + 1, k, dtype=F32, device=x.device)
-        values.index_add_(0, self.offsets.reshape(-1), src)  # pixel order, as the C++ splat
-        new = torch.zeros_like(values)
-        for j in range(d1):
+        which it runs for K <= 2 values per point; else its SSE code's (w * alpha) * v. When K
+        stacks several label maps, pass what the number of labels alone would choose."""
+        k, p = x.shape
+        if p != self.n_points:
+            raise ValueError(f"{p} values for a lattice over {self.n_points} points")
+        b = self._buffers(k, x.device)
+        values, new, ga, gb, t = b["values"], b["new"], b["ga"], b["gb"], b["t"]
+        values.zero_()
+        # splat: a vertex is reached through one remainder only, and index_add_ adds in index
+        # order, so each vertex's sum runs in pixel order, as the C++'s
+        for r in range(self.d + 1):
+            torch.mul(x, self.weights[r], out=t)
+            values.index_add_(1, self.offsets[r], t)
+        for j in range(self.d + 1):
             n1, n2 = self.neighbours[j]
-            torch.add(values[1:], values.index_select(0, n1).add_(values.index_select(0, n2)).mul_(0.5), out=new[1:])
+            torch.index_select(values, 1, n1, out=ga)
+            torch.index_select(values, 1, n2, out=gb)
+            # old + 0.5 * (a + b): the halving is exact, so add's alpha (fused or not) rounds once, as the C++
+            torch.add(values[:, 1:], ga.add_(gb), alpha=0.5, out=new[:, 1:])
             values, new = new, values
-        out = None
-        for j in range(d1):
-            g = values.index_select(0, self.offsets[:, j])
-            t = (w[:, j:j + 1] * g).mul_(self.alpha) if scalar_order else g.mul_(w[:, j:j + 1] * self.alpha)
-            out = t if out is None else out.add_(t)
+        out = torch.empty(k, p, dtype=F32, device=x.device)
+        for r in range(self.d + 1):
+            g = out if r == 0 else t
+            torch.index_select(values, 1, self.offsets[r], out=g)
+            if scalar_order:
+                g.mul_(self.weights[r]).mul_(self.alpha)
+            else:
+                g.mul_(self.weights_alpha[r])
+            if r:
+                out.add_(g)
         return out
 
 
@@ -220,10 +282,10 @@ def lattice_points(features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Te
 # --------------------------------------------------------------------------
 # Softmax as Eigen evaluates expAndNormalize
 # --------------------------------------------------------------------------
-_EXP = {k: _f32(v) for k, v in dict(
-    hi=88.3762626647950, lo=-88.3762626647949, log2e=1.44269504088896341, c1=0.693359375, c2=-2.12194440e-4,
-    p0=1.9875691500e-4, p1=1.3981999507e-3, p2=8.3334519073e-3, p3=4.1665795894e-2, p4=1.6666665459e-1,
-    p5=5.0000001201e-1).items()}
+_EXP = {k: _f32(v) for k, v in {
+    "hi": 88.3762626647950, "lo": -88.3762626647949, "log2e": 1.44269504088896341, "c1": 0.693359375,
+    "c2": -2.12194440e-4, "p0": 1.9875691500e-4, "p1": 1.3981999507e-3, "p2": 8.3334519073e-3,
+    "p3": 4.1665795894e-2, "p4": 1.6666665459e-1, "p5": 5.0000001201e-1}.items()}
 
 
 def _packet_exp(x: torch.Tensor) -> torch.Tensor:
@@ -266,45 +328,51 @@ _tab_cache: dict = {}
 
 
 def _libm_expf(x: torch.Tensor) -> torch.Tensor:
-    """expf as glibc >= 2.28 computes it (what Eigen's scalar path calls): in double,
+    """expf as glibc >= 2.28 computes it (what Eigen's scalar path calls), for x <= 0: in double,
     x / ln2 * 32 = k + r (k the nearest integer, |r| <= 1/2), exp(x) = 2^(k/32) * 2^(r/32) with
     2^(k/32) from a 32-entry table and an exponent shift, 2^(r/32) by a cubic, then rounded to
     float. glibc picks an FMA build on CPUs with FMA; the unfused products here change the double
     result by about 2^-52 relative, which moves its float rounding only in about one evaluation in
-    2^28. For x <= -103.97 the result is 0 (glibc's underflow); x here is never positive."""
-    key = x.device
-    tab = _tab_cache.get(key)
+    2^28. Below -103.97 glibc returns 0; so does the rounding here (x is clamped at -150 to keep
+    the exponent arithmetic in range)."""
+    tab = _tab_cache.get(x.device)
     if tab is None:
-        tab = _tab_cache[key] = torch.tensor(_EXP2_TAB, dtype=torch.int64, device=x.device)
-    z = x.double() * _INV_LN2_32
-    kd = (z + _ROUND_SHIFT) - _ROUND_SHIFT
-    r = z - kd
+        tab = _tab_cache[x.device] = torch.tensor(_EXP2_TAB, dtype=torch.int64, device=x.device)
+    z = x.double().clamp_(min=-150.0).mul_(_INV_LN2_32)
+    kd = (z + _ROUND_SHIFT).sub_(_ROUND_SHIFT)
+    r = z.sub_(kd)
     k = kd.long()
-    s = (tab[torch.remainder(k, 32)] + k * (1 << 47)).view(torch.float64)
+    s = tab[k & 31].add_(k.mul_(1 << 47)).view(torch.float64)
     a1, a2, a3 = _EXPF_A
-    y = (a3 * r + a2) * (r * r) + (a1 * r + 1.0)
-    y = (y * s).to(F32)
-    return torch.where(x < float.fromhex("-0x1.9fe368p6"), torch.zeros_like(y), y)
+    y = torch.mul(r, a3, out=kd).add_(a2).mul_(r * r)
+    y.add_(r.mul_(a1).add_(1.0)).mul_(s)
+    return y.to(F32)
 
 
 def _softmax_eigen(t: torch.Tensor) -> torch.Tensor:
-    """expAndNormalize over the last dimension (the labels) in Eigen's order: subtract the max,
-    exp (packets of 4 labels by :func:`_packet_exp`, the rest by expf), sum (packets added in
-    Eigen's two-accumulator order, then horizontally, then the rest in order), divide."""
-    c = t.shape[-1]
-    b = t - t.max(-1, keepdim=True).values
+    """expAndNormalize over dimension 0 (the labels) in Eigen's order: subtract the max, exp
+    (packets of 4 labels by :func:`_packet_exp`, the rest by expf), sum (packets added in Eigen's
+    two-accumulator order, then horizontally, then the rest in order), divide."""
+    c = t.shape[0]
+    if c == 2:  # the label that is not the maximum has b = -|t0 - t1|, the maximum exp(0) = 1
+        first = t[0] >= t[1]
+        small = _libm_expf(torch.sub(t[0], t[1]).abs_().neg_())
+        total = small + 1.0
+        one = torch.ones_like(small)
+        return torch.stack([torch.where(first, one, small), torch.where(first, small, one)]).div_(total)
+    b = t - t.max(0, keepdim=True).values
     nv = (c // 4) * 4
     e = torch.empty_like(b)
     if nv:
-        e[..., :nv] = _packet_exp(b[..., :nv])
+        e[:nv] = _packet_exp(b[:nv])
     if nv < c:
-        e[..., nv:] = _libm_expf(b[..., nv:])
+        e[nv:] = _libm_expf(b[nv:])
     if nv == 0:
-        s = e[..., 0]
-        for k in range(1, c):
-            s = s + e[..., k]
+        s = e[0] + e[1] if c > 1 else e[0].clone()
+        for k in range(2, c):
+            s.add_(e[k])
     else:
-        packets = [e[..., i:i + 4] for i in range(0, nv, 4)]
+        packets = [e[i:i + 4] for i in range(0, nv, 4)]
         acc = packets[0]
         if len(packets) > 1:
             acc1 = packets[1]
@@ -315,10 +383,10 @@ def _softmax_eigen(t: torch.Tensor) -> torch.Tensor:
             acc = acc + acc1
             if nv > end2:
                 acc = acc + packets[end2 // 4]
-        s = (acc[..., 0] + acc[..., 2]) + (acc[..., 1] + acc[..., 3])
+        s = (acc[0] + acc[2]).add_(acc[1] + acc[3])
         for k in range(nv, c):
-            s = s + e[..., k]
-    return e / s[..., None]
+            s.add_(e[k])
+    return e.div_(s)
 
 
 # --------------------------------------------------------------------------
@@ -336,7 +404,10 @@ def unary_from_labels_torch(labels, n_labels: int, gt_prob: float = 0.7, device=
     """pydensecrf.utils.unary_from_labels(labels, n_labels, gt_prob, zero_unsure=False) as a
     float32 tensor [n_labels, *labels.shape]: -log(gt_prob) at each pixel's label,
     -log((1 - gt_prob) / (n_labels - 1)) elsewhere."""
-    lab = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels, device=device).long()
+    lab = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels, device=device)
+    if lab.dtype.is_floating_point or lab.dtype.is_complex or lab.dtype == torch.bool:
+        raise ValueError(f"label maps must be integer arrays, not {lab.dtype}")
+    lab = lab.long()
     _check_labels(lab, n_labels)
     n_e, p_e = _label_energies(n_labels, gt_prob)
     u = torch.full((n_labels, *lab.shape), n_e, dtype=F32, device=lab.device)
@@ -388,8 +459,7 @@ class TorchDenseCRF:
     number of unaries (label maps) per image, all at once."""
 
     def __init__(self, images, p: CRFConfig, device=None):
-        if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
-            images = list(images)
+        images = _image_list(images)
         if len(images) == 0:
             raise ValueError("no images")
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -418,63 +488,71 @@ class TorchDenseCRF:
 
     def _kernel(self, feats: list[torch.Tensor], compat: float) -> _Kernel:
         lat = PermutohedralLattice(*lattice_points(feats))
-        ones = torch.ones(lat.n_points, 1, dtype=F32, device=self.device)
-        raw = lat.compute(ones, scalar_order=True)[:, 0]
+        ones = torch.ones(1, lat.n_points, dtype=F32, device=self.device)
+        raw = lat.compute(ones, scalar_order=True)[0]
         norm = (1.0 / torch.sqrt(raw.double() + 1e-20)).to(F32)  # in double, stored as float
         return _Kernel(lat, norm, -_f32(compat))
 
+    @property
+    def n_points(self) -> int:
+        return sum(self.counts)
+
     def inference(self, unary: torch.Tensor, iters: int | None = None, exact: bool = True) -> torch.Tensor:
-        """Mean field from ``unary`` [P, L, C] (float32; P = all images' pixels in order, L
-        independent label maps, C labels): returns Q [P, L, C]. ``exact``: the softmax in
-        Eigen's order (:func:`_softmax_eigen`), else torch.softmax."""
+        """Mean field from ``unary`` [C, L, P] (float32; C labels, L independent label maps per
+        image, P = all images' pixels in order, row-major): returns Q [C, L, P]. ``exact``: the
+        softmax in Eigen's order (:func:`_softmax_eigen`), else torch.softmax."""
         iters = self.p.iters if iters is None else iters
-        n = sum(self.counts)
-        if unary.dim() != 3 or unary.shape[0] != n:
-            raise ValueError(f"unary must be [{n}, L, C], not {tuple(unary.shape)}")
-        softmax = _softmax_eigen if exact else (lambda t: torch.softmax(t, -1))
+        n = self.n_points
+        if unary.dim() != 3 or unary.shape[2] != n:
+            raise ValueError(f"unary must be [C, L, {n}], not {tuple(unary.shape)}")
+        softmax = _softmax_eigen if exact else (lambda t: torch.softmax(t, 0))
         neg = -unary.to(self.device, F32)
-        _, nl, c = neg.shape
+        c, nl, _ = neg.shape
         q = softmax(neg)
         for _ in range(iters):
             tmp = neg
             for k in self.kernels:
-                nq = (q * k.norm[:, None, None]).reshape(n, nl * c)
-                f = k.lattice.compute(nq, scalar_order=c <= 2).view(n, nl, c) * k.norm[:, None, None]
-                tmp = tmp - k.neg_compat * f
+                f = k.lattice.compute((q * k.norm).view(c * nl, n), scalar_order=c <= 2).view(c, nl, n).mul_(k.norm)
+                tmp = tmp - f.mul_(k.neg_compat)
             q = softmax(tmp)
         return q
 
     def split(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per-image views of a [P, ...] tensor, each reshaped to [H, W, ...]."""
-        return [t.view(h, w, *x.shape[1:]) for t, (h, w) in zip(torch.split(x, self.counts), self.sizes)]
+        """Per-image views of a [..., P] tensor, each reshaped to [..., H, W]."""
+        return [t.view(*x.shape[:-1], h, w) for t, (h, w) in zip(torch.split(x, self.counts, dim=-1), self.sizes)]
 
 
 # --------------------------------------------------------------------------
 # The two CRFs of wsss.pseudo.crf
 # --------------------------------------------------------------------------
+def _image_list(images) -> list:
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        if images.ndim != 4:
+            raise ValueError(f"a batch of images must be [B, H, W, 3], not {tuple(images.shape)}")
+        return list(images)
+    return list(images)
+
+
 def crf_labels_batch(images, label_maps, n_labels: int | Sequence[int], p: CRFConfig, device=None,
                      exact: bool = True) -> list[list[np.ndarray]]:
     """The label CRF for a batch: ``images[b]`` (uint8 HxWx3) with its list ``label_maps[b]``
     (values 0..n_labels[b]-1, each HxW); returns the argmax maps (int64 numpy) per image, as
     :func:`wsss.pseudo.crf.crf_labels` would. The lattices are built once per image; images with
-    the same number of labels and of label maps run in one batch."""
-    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
-        images = list(images)
+    the same number of labels run in one batch (fewer label maps are padded with copies)."""
+    images = _image_list(images)
     if len(label_maps) != len(images):
         raise ValueError(f"{len(images)} images but {len(label_maps)} lists of label maps")
     ns = [int(n_labels)] * len(images) if isinstance(n_labels, (int, np.integer)) else [int(n) for n in n_labels]
     if len(ns) != len(images):
         raise ValueError(f"{len(images)} images but {len(ns)} n_labels")
-    out: list[list[np.ndarray] | None] = [None] * len(images)
-    groups: dict[tuple[int, int], list[int]] = {}
+    out: list[list[np.ndarray]] = [[] for _ in images]
+    groups: dict[int, list[int]] = {}
     for b, maps in enumerate(label_maps):
-        groups.setdefault((ns[b], len(maps)), []).append(b)
-    for (c, nl), idx in groups.items():
-        if nl == 0:
-            for b in idx:
-                out[b] = []
-            continue
+        if len(maps):
+            groups.setdefault(ns[b], []).append(b)
+    for c, idx in groups.items():
         crf = TorchDenseCRF([images[b] for b in idx], p, device)
+        nl = max(len(label_maps[b]) for b in idx)
         unaries = []
         for b, (h, w) in zip(idx, crf.sizes):
             maps = []
@@ -482,13 +560,15 @@ def crf_labels_batch(images, label_maps, n_labels: int | Sequence[int], p: CRFCo
                 lab = torch.as_tensor(np.asarray(lab) if not torch.is_tensor(lab) else lab)
                 if tuple(lab.shape) != (h, w):
                     raise ValueError(f"label map of shape {tuple(lab.shape)} for an image of {h}x{w}")
-                maps.append(unary_from_labels_torch(lab, c, p.gt_prob, crf.device).reshape(c, h * w))
-            unaries.append(torch.stack(maps, 0).permute(2, 0, 1))  # [hw, L, C]
-        q = crf.inference(torch.cat(unaries), exact=exact)
-        for b, qb in zip(idx, crf.split(q)):
-            am = qb.argmax(-1).cpu().numpy()  # first maximum, as np.argmax
-            out[b] = [am[:, :, l] for l in range(nl)]
-    return out  # type: ignore[return-value]
+                maps.append(unary_from_labels_torch(lab, c, p.gt_prob, crf.device).view(c, h * w))
+            maps += [maps[-1]] * (nl - len(maps))  # mean field runs each label map on its own
+            unaries.append(torch.stack(maps, 1))  # [C, L, hw]
+        q = crf.inference(torch.cat(unaries, 2), exact=exact)
+        am = q.argmax(0)  # first maximum, as np.argmax
+        for b, ab in zip(idx, crf.split(am)):
+            ab = ab.cpu().numpy()
+            out[b] = [ab[l] for l in range(len(label_maps[b]))]
+    return out
 
 
 def crf_labels_torch(img, label_maps: list, n_labels: int, p: CRFConfig, device=None,
@@ -499,10 +579,10 @@ def crf_labels_torch(img, label_maps: list, n_labels: int, p: CRFConfig, device=
 
 def crf_probabilities_batch(images, probs, p: CRFConfig, device=None, exact: bool = True,
                             as_numpy: bool = True) -> list:
-    """The probability CRF (DeepLab's post-processing) for a batch: unary -log(clip(probs)) per
-    image (probs [C, H, W], same C for all); returns the refined probabilities [C, H, W] per image."""
-    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
-        images = list(images)
+    """The probability CRF (DeepLab's post-processing) for a batch: unary -log(clip(probs, 1e-5))
+    per image (probs [C, H, W], the same C for all); returns the refined probabilities [C, H, W]
+    per image (NumPy float32, or tensors on the device with ``as_numpy=False``)."""
+    images = _image_list(images)
     if len(probs) != len(images):
         raise ValueError(f"{len(images)} images but {len(probs)} probability maps")
     crf = TorchDenseCRF(images, p, device)
@@ -513,11 +593,11 @@ def crf_probabilities_batch(images, probs, p: CRFConfig, device=None, exact: boo
             raise ValueError(f"probabilities of shape {tuple(pr.shape)} for an image of {h}x{w} (need [C, {h}, {w}])")
         if c0 is not None and pr.shape[0] != c0:
             raise ValueError(f"probability maps with {c0} and {pr.shape[0]} classes in one batch")
-        c0 = pr.shape[0]
+        c0 = int(pr.shape[0])
         u = unary_from_softmax_torch(pr if torch.is_tensor(pr) else np.asarray(pr, np.float32), device=crf.device)
-        unaries.append(u.reshape(c0, h * w).T[:, None, :])
-    q = crf.inference(torch.cat(unaries), exact=exact)
-    res = [qb[:, :, 0, :].permute(2, 0, 1) for qb in crf.split(q)]
+        unaries.append(u.reshape(c0, 1, h * w))
+    q = crf.inference(torch.cat(unaries, 2), exact=exact)
+    res = [qb[:, 0] for qb in crf.split(q)]
     return [r.cpu().numpy() for r in res] if as_numpy else res
 
 
