@@ -148,6 +148,13 @@ def test_expf_replica_matches_libm():
     assert np.array_equal(ct._libm_expf(torch.from_numpy(x)).numpy().view(np.int32), ref.view(np.int32))
 
 
+@pytest.mark.parametrize("c", [2, 3, 6])
+def test_softmax_in_cpu_blocks_equals_whole(c):
+    """On a CPU the softmax runs over pixel blocks; the blocks change nothing."""
+    t = torch.randn(c, 2, ct._CPU_BLOCK + 777, generator=torch.Generator().manual_seed(c)) * 5
+    assert torch.equal(ct._softmax_eigen(t), ct._softmax_block(t.reshape(c, -1)).view(t.shape))
+
+
 # --------------------------------------------------------------------------
 # The lattice from its definition
 # --------------------------------------------------------------------------

@@ -59,6 +59,12 @@ __all__ = [
 F32 = torch.float32
 
 
+# on a CPU the softmax runs over blocks of this many pixels: the temporaries of its ~25 passes
+# then stay in the cache (2.5x faster than whole tensors; the lattice's gathers and scatters
+# gained nothing from blocks); a GPU takes whole tensors
+_CPU_BLOCK = 1 << 16
+
+
 def _f32(x: float) -> float:
     """x rounded to float32 (a constant the C++ holds as a float), as a Python float."""
     return float(np.float32(x))
@@ -319,7 +325,6 @@ def _exp2_table() -> list[int]:
 
 _EXP2_TAB = _exp2_table()
 _INV_LN2_32 = float.fromhex("0x1.71547652b82fep+0") * 32  # 1/ln 2 (the double nearest), times 32
-_ROUND_SHIFT = float.fromhex("0x1.8p+52")  # adding it rounds a double to an integer (ties to even)
 # the cubic of glibc's expf (sysdeps/ieee754/flt-32, 2^(r/32) ~ 1 + a1 r + a2 r^2 + a3 r^3 for
 # |r| <= 1/2): coefficients of its minimax fit, the only numbers here not derived from their definition
 _EXPF_A = [float.fromhex(h) / 32.0 ** k for h, k in
@@ -339,10 +344,10 @@ def _libm_expf(x: torch.Tensor) -> torch.Tensor:
     if tab is None:
         tab = _tab_cache[x.device] = torch.tensor(_EXP2_TAB, dtype=torch.int64, device=x.device)
     z = x.double().clamp_(min=-150.0).mul_(_INV_LN2_32)
-    kd = (z + _ROUND_SHIFT).sub_(_ROUND_SHIFT)
+    kd = torch.round(z)  # to nearest, ties to even: what adding and subtracting 1.5 * 2^52 does in glibc
     r = z.sub_(kd)
     k = kd.long()
-    s = tab[k & 31].add_(k.mul_(1 << 47)).view(torch.float64)
+    s = tab.index_select(0, (k & 31).view(-1)).view(k.shape).add_(k.mul_(1 << 47)).view(torch.float64)
     a1, a2, a3 = _EXPF_A
     y = torch.mul(r, a3, out=kd).add_(a2).mul_(r * r)
     y.add_(r.mul_(a1).add_(1.0)).mul_(s)
@@ -353,6 +358,17 @@ def _softmax_eigen(t: torch.Tensor) -> torch.Tensor:
     """expAndNormalize over dimension 0 (the labels) in Eigen's order: subtract the max, exp
     (packets of 4 labels by :func:`_packet_exp`, the rest by expf), sum (packets added in Eigen's
     two-accumulator order, then horizontally, then the rest in order), divide."""
+    flat = t.reshape(t.shape[0], -1)
+    m = flat.shape[1]
+    if t.device.type != "cpu" or m <= _CPU_BLOCK:
+        return _softmax_block(flat).view(t.shape)
+    out = torch.empty_like(flat)
+    for i in range(0, m, _CPU_BLOCK):
+        out[:, i:i + _CPU_BLOCK] = _softmax_block(flat[:, i:i + _CPU_BLOCK])
+    return out.view(t.shape)
+
+
+def _softmax_block(t: torch.Tensor) -> torch.Tensor:
     c = t.shape[0]
     if c == 2:  # the label that is not the maximum has b = -|t0 - t1|, the maximum exp(0) = 1
         first = t[0] >= t[1]
@@ -360,13 +376,18 @@ def _softmax_eigen(t: torch.Tensor) -> torch.Tensor:
         total = small + 1.0
         one = torch.ones_like(small)
         return torch.stack([torch.where(first, one, small), torch.where(first, small, one)]).div_(total)
-    b = t - t.max(0, keepdim=True).values
+    mx = t[0]
+    for k in range(1, c):
+        mx = torch.maximum(mx, t[k])
+    b = t - mx
     nv = (c // 4) * 4
-    e = torch.empty_like(b)
-    if nv:
+    if nv == 0:
+        e = _libm_expf(b)
+    else:
+        e = torch.empty_like(b)
         e[:nv] = _packet_exp(b[:nv])
-    if nv < c:
-        e[nv:] = _libm_expf(b[nv:])
+        if nv < c:
+            e[nv:] = _libm_expf(b[nv:])
     if nv == 0:
         s = e[0] + e[1] if c > 1 else e[0].clone()
         for k in range(2, c):
@@ -533,6 +554,18 @@ def _image_list(images) -> list:
     return list(images)
 
 
+def _argmax0(q: torch.Tensor) -> torch.Tensor:
+    """argmax over dimension 0, the first maximum (as np.argmax), by a pass per label (a strided
+    argmax over a short first dimension is slow on a CPU)."""
+    best = q[0].clone()
+    am = torch.zeros(q.shape[1:], dtype=torch.long, device=q.device)
+    for k in range(1, q.shape[0]):
+        better = q[k] > best
+        am.masked_fill_(better, k)
+        torch.maximum(best, q[k], out=best)
+    return am
+
+
 def crf_labels_batch(images, label_maps, n_labels: int | Sequence[int], p: CRFConfig, device=None,
                      exact: bool = True) -> list[list[np.ndarray]]:
     """The label CRF for a batch: ``images[b]`` (uint8 HxWx3) with its list ``label_maps[b]``
@@ -563,8 +596,7 @@ def crf_labels_batch(images, label_maps, n_labels: int | Sequence[int], p: CRFCo
                 maps.append(unary_from_labels_torch(lab, c, p.gt_prob, crf.device).view(c, h * w))
             maps += [maps[-1]] * (nl - len(maps))  # mean field runs each label map on its own
             unaries.append(torch.stack(maps, 1))  # [C, L, hw]
-        q = crf.inference(torch.cat(unaries, 2), exact=exact)
-        am = q.argmax(0)  # first maximum, as np.argmax
+        am = _argmax0(crf.inference(torch.cat(unaries, 2), exact=exact))
         for b, ab in zip(idx, crf.split(am)):
             ab = ab.cpu().numpy()
             out[b] = [ab[l] for l in range(len(label_maps[b]))]
