@@ -134,7 +134,7 @@ def make_samples(n: int, seed: int, sizes: str = "voc2", jpeg_quality: int = 92)
     return out
 
 
-def run_info() -> dict:
+def run_info(module: str) -> dict:
     import torch
 
     def git(*a: str) -> str:
@@ -149,8 +149,7 @@ def run_info() -> dict:
         pdc = version("pydensecrf2")
     except Exception:  # noqa: BLE001 - informational
         pdc = "?"
-    return {"command": " ".join([Path(sys.executable).name, "-m", Path(sys.argv[0]).stem if sys.argv[0] else "?",
-                                 *sys.argv[1:]]),
+    return {"command": " ".join(["python", "-m", module, *sys.argv[1:]]),
             "commit": git("rev-parse", "--short", "HEAD") + (" with local changes" if git("status", "--porcelain") else ""),
             "made_at": time.strftime("%Y-%m-%d %H:%M:%S"),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
@@ -251,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     samples = make_samples(a.images, a.seed, a.sizes)
     res = measure(samples, a.device)
-    res = {"tool": "tools/crf_agreement.py", **run_info(),
+    res = {"tool": "tools/crf_agreement.py", **run_info("tools.crf_agreement"),
            "settings": {"images": a.images, "seed": a.seed, "sizes": a.sizes, "threads": a.threads, "device": a.device,
                         "label_crf": "CRFConfig() (GSLM's: gauss 3/10, bilateral 50/5/10, gt_prob 0.7, 10 iters)",
                         "prob_crf": DEEPLAB, "fg_thres": FG_THRES, "bg_thres": BG_THRES}, **res}

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             c.close()
     torch.set_num_threads(1)
     res = {
-        "tool": "tools/crf_throughput.py", **run_info(),
+        "tool": "tools/crf_throughput.py", **run_info("tools.crf_throughput"),
         "settings": {"images": n, "repeats": a.repeats, "seed": a.seed, "sizes": "375x500 and 500x375 alternately",
                      "work": "label CRF, CRFConfig() (10 iterations), 2 label maps per image (fg/bg thresholds 0.30/0.05)",
                      "labels_per_image": [s["n"] for s in work], "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),

@@ -10,8 +10,9 @@ with tensor operations only:
   point finds its enclosing simplex (the nearest remainder-0 point by rounding, the ranks of the
   residuals) and its barycentric weights; the d+1 vertices of that simplex are the lattice points
   it splats to. The C++ hash table becomes an int64 code per vertex (image index, remainder,
-  d coordinates divided by d+1) and ``torch.unique``; the blur neighbours come from
-  ``torch.searchsorted`` on the sorted codes.
+  d coordinates divided by d+1): vertex ids by a direct-address table where the codes span
+  little (position-only kernels) or by ``torch.unique`` (sorting) otherwise; blur neighbours by
+  looking up the neighbouring codes (``torch.searchsorted`` on the sorted codes).
 * filtering: splat with the barycentric weights, blur along each of the d+1 lattice directions
   j = 0..d with ``v + 0.5 * (v[n1] + v[n2])`` (absent neighbours count 0), slice with the weights
   times alpha = 1 / (1 + 2^-d); the kernel's symmetric normalisation 1 / sqrt(filter(ones)),
@@ -20,17 +21,17 @@ with tensor operations only:
   tmp = -unary - sum_k (-compat_k) * norm_k * filter_k(norm_k * Q); Q = softmax(tmp).
 
 Agreement with pydensecrf. Every float32 operation above is done in the C++'s order, so that on
-a CPU the result is bitwise pydensecrf's in the usual case: splat sums in pixel order
-(``index_add_`` is sequential on a CPU), the slice's products in the C++'s two orders (its
-scalar code for <= 2 labels, its SSE code above), the SSE path's extra lattice points for the
-zero-feature padding lanes when H*W is not a multiple of 4, and (``exact=True``) the softmax as
-Eigen 3.3 evaluates it: Cephes' polynomial exp on each full packet of 4 labels, libm's expf on
-the rest, Eigen's packet order for the sum. What remains is libm's expf against float64 exp
-rounded to float32 (they differ by one ulp in rare cases). With ``exact=False`` the softmax is
-``torch.softmax`` (fewer operations; ulp-level differences that 10 iterations can carry over to a
-pixel on a decision boundary). On CUDA the splat's atomic additions have no fixed order, so
-results agree to float rounding, not bitwise. ``docs/results/crf_agreement.json``
-(tools/crf_agreement.py) measures it.
+a CPU the result is pydensecrf's bit for bit (tests/test_torch_crf.py checks it on x86-64 Linux):
+splat sums in pixel order (``index_add_`` adds sequentially on a CPU), the slice's products in the
+C++'s two orders (its scalar code for <= 2 labels, its SSE code above), the SSE build's extra
+lattice points for the zero-feature padding lanes when H*W is not a multiple of 4, and
+(``exact=True``) the softmax as Eigen 3.3 evaluates it: Cephes' polynomial exp (Eigen's pexp)
+on each full packet of 4 labels, glibc's expf algorithm (in float64, as glibc) on the rest,
+Eigen's packet order for the sum. With ``exact=False`` the softmax is ``torch.softmax``
+(fewer operations; last-bit differences, which ten iterations can carry to a pixel on a
+decision boundary). On CUDA the splat's atomic additions have no fixed order: results agree to
+float rounding, not bitwise. tools/crf_agreement.py measures the agreement on VOC-sized images
+(docs/results/crf_agreement.json).
 
 Limits the C++ has and this does not: pydensecrf stores lattice coordinates as int16, so features
 beyond about +-10,000 (e.g. sxy < 0.1 on a 500-pixel image) wrap there and do not here.
