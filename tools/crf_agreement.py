@@ -11,7 +11,8 @@ For each image, both backends run
 
 Per image it records the share of pixels whose label agrees (the fg map, the bg map, the pseudo
 mask; the argmax of the probability CRF), the largest probability difference and the share of
-bitwise-equal probabilities. Over the images: min / median / mean. Both backends' pseudo masks
+bitwise-equal probabilities; and the same for a second torch run with ``exact=False``
+(torch.softmax instead of Eigen's order of operations), which shows what that order is worth. Over the images: min / median / mean. Both backends' pseudo masks
 are scored against the GT with ``wsss.metrics`` (mIoU with 255 as background, and on confident
 pixels only, as ``evaluate_masks``); the two mIoUs must agree to 0.05 points.
 
@@ -165,7 +166,7 @@ def stats(values: list[float]) -> dict:
 # --------------------------------------------------------------------------
 # The measurement
 # --------------------------------------------------------------------------
-def measure(samples: list[dict], device: str = "cpu") -> dict:
+def measure(samples: list[dict], device: str = "cpu", inexact: bool = True) -> dict:
     import torch
 
     from wsss.config import CRFConfig
@@ -177,8 +178,10 @@ def measure(samples: list[dict], device: str = "cpu") -> dict:
     label_p, prob_p = CRFConfig(), CRFConfig(**DEEPLAB)
     n = NUM_CLASSES + 1
 
+    exact = [True]
+
     def torch_crf_labels(img, maps, n_labels, p, shared=True):
-        return crf_labels_torch(img, maps, n_labels, p, device=device)
+        return crf_labels_torch(img, maps, n_labels, p, device=device, exact=exact[0])
 
     conf = {b: {"as_background": np.zeros((n, n), np.int64), "confident": np.zeros((n, n), np.int64)}
             for b in ("pydensecrf", "torch", "no_crf")}
@@ -203,6 +206,17 @@ def measure(samples: list[dict], device: str = "cpu") -> dict:
             conf[b]["as_background"] += confusion_matrix(gt, m, n)
             conf[b]["confident"] += confusion_matrix(gt, m, n, ignore_pred_255=True)
         diff = np.abs(prob_t - prob_ref)
+        extra = {}
+        if inexact:  # the same with torch.softmax in place of Eigen's softmax
+            exact[0] = False
+            with mock.patch.object(make, "crf_labels", torch_crf_labels):
+                fg_i, bg_i = make.refined_labels(img, cams, keys, [FG_THRES, BG_THRES], label_p)
+            exact[0] = True
+            prob_i = crf_probabilities_torch(img, s["probs"], prob_p, device=device, exact=False)
+            extra = {"inexact_label_crf_differing_pixels": int((fg_i != fg_p).sum() + (bg_i != bg_p).sum()),
+                     "inexact_prob_crf_argmax_agreement": float((prob_i.argmax(0) == prob_ref.argmax(0)).mean()),
+                     "inexact_prob_crf_max_abs_diff": float(np.abs(prob_i - prob_ref).max()),
+                     "inexact_prob_crf_bitwise_equal_share": float((prob_i == prob_ref).mean())}
         rows.append({
             "image": i, "size": f"{img.shape[1]}x{img.shape[0]}", "labels": int(len(keys) + 1),
             "label_crf_fg_agreement": float((fg_p == fg_t).mean()),
@@ -212,6 +226,7 @@ def measure(samples: list[dict], device: str = "cpu") -> dict:
             "prob_crf_argmax_agreement": float((prob_t.argmax(0) == prob_ref.argmax(0)).mean()),
             "prob_crf_max_abs_diff": float(diff.max()),
             "prob_crf_bitwise_equal_share": float((prob_t == prob_ref).mean()),
+            **extra,
         })
         print(f"[{i + 1}/{len(samples)}] {rows[-1]['size']} {rows[-1]['labels']} labels: "
               f"fg {rows[-1]['label_crf_fg_agreement']:.6f} bg {rows[-1]['label_crf_bg_agreement']:.6f} "
@@ -243,13 +258,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="voc2: 375x500 and 500x375 alternately (default); voc: the generator's VOC mix")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--device", default="cpu", help="the torch backend's device (cpu, cuda)")
+    ap.add_argument("--no-inexact", action="store_true",
+                    help="skip the second torch run with exact=False (torch.softmax instead of Eigen's order)")
     ap.add_argument("--out", help="write the JSON results here")
     a = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(a.threads)
     samples = make_samples(a.images, a.seed, a.sizes)
-    res = measure(samples, a.device)
+    res = measure(samples, a.device, inexact=not a.no_inexact)
     res = {"tool": "tools/crf_agreement.py", **run_info("tools.crf_agreement"),
            "settings": {"images": a.images, "seed": a.seed, "sizes": a.sizes, "threads": a.threads, "device": a.device,
                         "label_crf": "CRFConfig() (GSLM's: gauss 3/10, bilateral 50/5/10, gt_prob 0.7, 10 iters)",
