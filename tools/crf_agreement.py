@@ -1,6 +1,7 @@
 """Agreement of the PyTorch dense CRF (wsss.pseudo.crf_torch) with pydensecrf on VOC-sized images.
 
-    python -m tools.crf_agreement --out docs/results/crf_agreement.json [--images 24] [--seed 0]
+    python -m tools.crf_agreement [--images 24] [--seed 0] [--out results.json]
+    python scripts/crf_agreement.py --out docs/results/crf_agreement.json   # what docs/crf_torch.md quotes
 
 For each image, both backends run
 
@@ -31,9 +32,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -135,27 +133,31 @@ def make_samples(n: int, seed: int, sizes: str = "voc2", jpeg_quality: int = 92)
     return out
 
 
-def run_info(module: str) -> dict:
-    import torch
-
-    def git(*a: str) -> str:
-        try:
-            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-
+def pydensecrf_version() -> str:
     try:
         from importlib.metadata import version
 
-        pdc = version("pydensecrf2")
-    except Exception:  # noqa: BLE001 - informational
-        pdc = "?"
-    return {"command": " ".join(["python", "-m", module, *sys.argv[1:]]),
-            "commit": git("rev-parse", "--short", "HEAD") + (" with local changes" if git("status", "--porcelain") else ""),
-            "made_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            "cpus": __import__("os").cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "pydensecrf2": pdc}
+        return version("pydensecrf2")
+    except Exception:  # noqa: BLE001 - informational only
+        return "?"
+
+
+def check_out(path: str | None, script: str) -> None:
+    """docs/results/ takes only what scripts/ made (tests/test_results_docs.py checks each
+    file's command), so a run of the tool module may not write there: say so before measuring."""
+    from wsss.results import RESULTS_DIR
+
+    if path and Path(path).resolve().parent == RESULTS_DIR.resolve() \
+            and Path(sys.argv[0]).resolve() != (REPO / "scripts" / script).resolve():
+        raise SystemExit(f"error: docs/results/ holds what scripts/{script} made; run that to write there")
+
+
+def publish_to(path: str, kind: str, data: dict) -> Path:
+    """Write ``data`` as the project publishes results (wsss.results.publish: the command, the
+    machine, the commit, the data)."""
+    from wsss.results import publish
+
+    return publish(path, kind, data)
 
 
 def stats(values: list[float]) -> dict:
@@ -250,7 +252,7 @@ def measure(samples: list[dict], device: str = "cpu", inexact: bool = True) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.crf_agreement", description=__doc__,
+    ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=24, help="number of images (default 24)")
     ap.add_argument("--seed", type=int, default=0)
@@ -260,26 +262,65 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="the torch backend's device (cpu, cuda)")
     ap.add_argument("--no-inexact", action="store_true",
                     help="skip the second torch run with exact=False (torch.softmax instead of Eigen's order)")
-    ap.add_argument("--out", help="write the JSON results here")
+    ap.add_argument("--out", help="write the results here as JSON (docs/results/: through scripts/crf_agreement.py)")
     a = ap.parse_args(argv)
+    check_out(a.out, "crf_agreement.py")
     import torch
 
     torch.set_num_threads(a.threads)
     samples = make_samples(a.images, a.seed, a.sizes)
     res = measure(samples, a.device, inexact=not a.no_inexact)
-    res = {"tool": "tools/crf_agreement.py", **run_info("tools.crf_agreement"),
-           "settings": {"images": a.images, "seed": a.seed, "sizes": a.sizes, "threads": a.threads, "device": a.device,
-                        "label_crf": "CRFConfig() (GSLM's: gauss 3/10, bilateral 50/5/10, gt_prob 0.7, 10 iters)",
-                        "prob_crf": DEEPLAB, "fg_thres": FG_THRES, "bg_thres": BG_THRES}, **res}
-    s = res["summary"]
-    print(json.dumps({k: s[k] for k in ("label_crf_fg_agreement", "label_crf_bg_agreement", "prob_crf_argmax_agreement",
-                                        "prob_crf_max_abs_diff")}, indent=1))
-    print("pseudo-mask mIoU:", json.dumps(res["pseudo_mask_miou"], indent=1))
+    data = {"settings": {"images": a.images, "seed": a.seed, "sizes": a.sizes, "threads": a.threads, "device": a.device,
+                         "label_crf": "CRFConfig() (GSLM's: gauss 3/10, bilateral 50/5/10, gt_prob 0.7, 10 iters)",
+                         "prob_crf": DEEPLAB, "fg_thres": FG_THRES, "bg_thres": BG_THRES,
+                         "pydensecrf2": pydensecrf_version()}, **res}
+    print(render({"kind": "crf_agreement", "command": "(this run)", "data": data}))
     print("met:", res["met"])
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+        print(f"wrote {publish_to(a.out, 'crf_agreement', data)}")
     return 0 if all(res["met"].values()) else 1
+
+
+def _r(s: dict, k: str, fmt: str = "{:.6f}") -> str:
+    v = s[k]
+    return " / ".join(fmt.format(v[x]) for x in ("min", "median", "mean"))
+
+
+def render(doc: dict) -> str:
+    """The markdown table docs/crf_torch.md quotes, from a published crf_agreement document."""
+    from wsss.reporting import md_table
+    from wsss.results import made_on
+
+    d = doc["data"]
+    s, m, st = d["summary"], d["pseudo_mask_miou"], d["settings"]
+    n = s["label_crf_fg_agreement"]["n"]
+    rows = [
+        ["label CRF (make_pseudo's fg map), pixels with the same label", _r(s, "label_crf_fg_agreement")],
+        ["label CRF (make_pseudo's bg map), pixels with the same label", _r(s, "label_crf_bg_agreement")],
+        ["images whose fg and bg maps are bitwise equal", f"{s['images_with_bitwise_equal_label_maps']} of {n}"],
+        ["pseudo mask (combine_fg_bg), pixels with the same label", _r(s, "pseudo_mask_agreement")],
+        ["probability CRF (DeepLab's parameters, 21 classes), same argmax", _r(s, "prob_crf_argmax_agreement")],
+        ["probability CRF, largest probability difference", _r(s, "prob_crf_max_abs_diff", "{:.2g}")],
+        ["probability CRF, share of bitwise-equal probabilities", _r(s, "prob_crf_bitwise_equal_share")],
+    ]
+    if "inexact_label_crf_differing_pixels" in s:
+        rows += [
+            ["exact=False (torch.softmax): label CRF pixels that differ (fg + bg)",
+             _r(s, "inexact_label_crf_differing_pixels", "{:.0f}")],
+            ["exact=False: probability CRF, same argmax", _r(s, "inexact_prob_crf_argmax_agreement")],
+            ["exact=False: largest probability difference", _r(s, "inexact_prob_crf_max_abs_diff", "{:.2g}")],
+            ["exact=False: share of bitwise-equal probabilities", _r(s, "inexact_prob_crf_bitwise_equal_share", "{:.3f}")],
+        ]
+    gap = m["abs_difference_torch_vs_pydensecrf"]
+    miou = (f"{m['pydensecrf']['as_background']:.2f} / {m['pydensecrf']['confident']:.2f}; "
+            f"{m['torch']['as_background']:.2f} / {m['torch']['confident']:.2f} (difference "
+            f"{gap['as_background']:.2f} / {gap['confident']:.2f}); "
+            f"{m['no_crf']['as_background']:.2f} / {m['no_crf']['confident']:.2f}")
+    rows.append(["pseudo-mask mIoU, 255 as background / confident pixels (pydensecrf; torch; no CRF)", miou])
+    head = (f"`{doc['command']}` ({n} synthetic scenes, {st['sizes']} sizes, torch on {st['device']} with "
+            f"{st['threads']} thread(s), pydensecrf2 {st['pydensecrf2']}"
+            + (f"; {made_on(doc)}" if "made_on" in doc else "") + "):\n\n")
+    return head + md_table(["per image: min / median / mean", "torch against pydensecrf"], rows)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Throughput of the label CRF on VOC-sized images: pydensecrf against wsss.pseudo.crf_torch.
 
-    python -m tools.crf_throughput --out docs/results/crf_throughput.json [--images 8] [--repeats 3]
+    python -m tools.crf_throughput [--images 8] [--repeats 3] [--out results.json]
+    python scripts/crf_throughput.py --out docs/results/crf_throughput.json   # what docs/crf_torch.md quotes
 
 The work is make_pseudo's: per image, the label CRF (``CRFConfig()``, 10 iterations) on two
 label maps (the fg and the bg threshold of CAM-like maps; tools/crf_agreement.py makes the
@@ -26,11 +27,9 @@ active`` keeps the default spinning); the results record which.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-from pathlib import Path
 
 _SAMPLES: list | None = None  # a pool worker's copy of the images and label maps
 
@@ -115,7 +114,7 @@ class Config:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.crf_throughput", description=__doc__,
+    ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=8, help="images per configuration and repeat (default 8)")
     ap.add_argument("--repeats", type=int, default=3)
@@ -123,14 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-sizes", default="1,2,4", help="torch batch sizes (default 1,2,4)")
     ap.add_argument("--omp-wait", choices=["passive", "active"], default="passive",
                     help="OMP_WAIT_POLICY for torch's threads (default passive; active: OpenMP's spinning default)")
-    ap.add_argument("--out", help="write the JSON results here")
+    ap.add_argument("--out", help="write the results here as JSON (docs/results/: through scripts/crf_throughput.py)")
     a = ap.parse_args(argv)
+    from tools.crf_agreement import check_out
+
+    check_out(a.out, "crf_throughput.py")
     if a.omp_wait == "passive":
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # before torch (and its OpenMP runtime) starts
     import torch
 
     global _SAMPLES
-    from tools.crf_agreement import make_samples, run_info, stats
+    from tools.crf_agreement import make_samples, publish_to, pydensecrf_version, stats
 
     load0 = os.getloadavg()
     work = _label_work(make_samples(a.images, a.seed))
@@ -159,11 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         for c in configs:
             c.close()
     torch.set_num_threads(1)
-    res = {
-        "tool": "tools/crf_throughput.py", **run_info("tools.crf_throughput"),
+    data = {
         "settings": {"images": n, "repeats": a.repeats, "seed": a.seed, "sizes": "375x500 and 500x375 alternately",
                      "work": "label CRF, CRFConfig() (10 iterations), 2 label maps per image (fg/bg thresholds 0.30/0.05)",
                      "labels_per_image": [s["n"] for s in work], "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+                     "pydensecrf2": pydensecrf_version(),
                      "load_average_before": [round(x, 2) for x in load0],
                      "load_average_after": [round(x, 2) for x in os.getloadavg()]},
         "images_per_s": {k: {kk: round(vv, 4) for kk, vv in stats(v).items() if kk != "mean"} for k, v in rates.items()},
@@ -171,15 +173,27 @@ def main(argv: list[str] | None = None) -> int:
                                        for k, v in ratios.items()},
         "raw_images_per_s": {k: [round(x, 4) for x in v] for k, v in rates.items()},
     }
-    width = max(len(k) for k in rates)
-    for k in rates:
-        r, q = res["images_per_s"][k], res["ratio_to_pydensecrf_1_proc"][k]
-        print(f"{k:{width}s}  {r['median']:6.3f} img/s ({r['min']:.3f}-{r['max']:.3f})   "
-              f"x{q['median']:.2f} ({q['min']:.2f}-{q['max']:.2f})")
+    print(render({"kind": "crf_throughput", "command": "(this run)", "data": data}))
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+        print(f"wrote {publish_to(a.out, 'crf_throughput', data)}")
     return 0
+
+
+def render(doc: dict) -> str:
+    """The markdown table docs/crf_torch.md quotes, from a published crf_throughput document."""
+    from wsss.reporting import md_table
+    from wsss.results import made_on
+
+    d = doc["data"]
+    st, r, q = d["settings"], d["images_per_s"], d["ratio_to_pydensecrf_1_proc"]
+    rows = [[k, f"{r[k]['median']:.3f} ({r[k]['min']:.3f}-{r[k]['max']:.3f})",
+             f"{q[k]['median']:.2f} ({q[k]['min']:.2f}-{q[k]['max']:.2f})"] for k in r]
+    lb, la = st["load_average_before"], st["load_average_after"]
+    head = (f"`{doc['command']}` ({st['images']} images x {st['repeats']} interleaved repeats; {st['work']}; "
+            f"OMP_WAIT_POLICY {st['omp_wait_policy']}; load average {lb[0]:.1f} before, {la[0]:.1f} after"
+            + (f"; {made_on(doc)}" if "made_on" in doc else "") + "):\n\n")
+    return head + md_table(["configuration", "images/s: median (range)", "ratio to pydensecrf, 1 proc: median (range)"],
+                           rows)
 
 
 if __name__ == "__main__":
