@@ -123,8 +123,9 @@ class PermutohedralLattice:
         total = v.sum(0).long()  # small integers: exact in any order
         rem0 = v.mul_(d1)
         res = elev - rem0
-        # the ranks of the residuals as the C++'s pairwise loop counts them: for i < j, i gains
-        # one if res_i < res_j, else j does (ties go to the later coordinate)
+        # the ranks of the residuals as the C++'s pairwise loop counts them (rank 0 = the largest):
+        # for i < j, i gains one if res_i < res_j, else j does (on a tie the later coordinate
+        # ranks as the smaller)
         rank = torch.zeros(d1, n, dtype=torch.long, device=dev)
         for i in range(d):
             for j in range(i + 1, d1):
