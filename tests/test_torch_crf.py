@@ -305,8 +305,8 @@ def test_cuda_agrees_with_cpu():
 
 def test_doc_tables_are_the_published_results():
     """docs/crf_torch.md quotes docs/results/crf_{agreement,throughput}.json as the tools render
-    them (re-render: python -c 'from tools.crf_agreement import rewrite_doc; rewrite_doc()')."""
-    from tools.crf_agreement import DOC, doc_sections, render_published
+    them (re-render: python -m tools.crf_results)."""
+    from tools.crf_results import DOC, doc_sections, render_published
 
     sections = doc_sections(DOC.read_text())
     assert set(sections) == {"crf_agreement", "crf_throughput"}

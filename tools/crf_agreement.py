@@ -281,37 +281,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(res["met"].values()) else 1
 
 
-DOC = REPO / "docs" / "crf_torch.md"
-# docs/crf_torch.md's tables, between <!-- crf_torch:NAME --> and <!-- /crf_torch:NAME --> (not the
-# project's results: markers until wsss.results registers these renderers)
-DOC_MARKER = r"(<!-- crf_torch:(\w+) -->\n)(.*?)(<!-- /crf_torch:\2 -->)"
-
-
-def doc_sections(text: str) -> dict[str, str]:
-    import re
-
-    return {m.group(2): m.group(3) for m in re.finditer(DOC_MARKER, text, re.DOTALL)}
-
-
-def render_published(name: str) -> str:
-    """The table of docs/crf_torch.md named ``name``, from docs/results/<name>.json."""
-    import json
-
-    from tools import crf_throughput
-    from wsss.results import RESULTS_DIR
-
-    doc = json.loads((RESULTS_DIR / f"{name}.json").read_text())
-    return {"crf_agreement": render, "crf_throughput": crf_throughput.render}[name](doc)
-
-
-def rewrite_doc() -> None:
-    """Re-render docs/crf_torch.md's tables from docs/results (after publishing new results)."""
-    import re
-
-    text = DOC.read_text()
-    DOC.write_text(re.sub(DOC_MARKER, lambda m: m.group(1) + render_published(m.group(2)) + m.group(4), text, flags=re.DOTALL))
-
-
 def _r(s: dict, k: str, fmt: str = "{:.6f}") -> str:
     v = s[k]
     return " / ".join(fmt.format(v[x]) for x in ("min", "median", "mean"))
