@@ -88,11 +88,14 @@ def image_irn_labels(model: BoundaryNet, image: np.ndarray, cam: dict, mean, std
 def make_irn_labels(model: BoundaryNet, root: str | Path, ids: list[str], cam_dir: str | Path, out_dir: str | Path,
                     irn, mean, std, device: torch.device | str = "cpu", redo: bool = False, progress: bool = False) -> dict:
     """Label PNGs (VOC palette) for ``ids`` into ``out_dir``; finished ones are skipped
-    unless ``redo``. ``irn``: an :class:`wsss.irn.config.IRNConfig` (walk settings)."""
+    unless ``redo``. ``irn``: an :class:`wsss.irn.config.IRNConfig` (walk settings).
+    Under torchrun each rank takes every world_size-th id."""
     from wsss.data.voc import VOCLayout
+    from wsss.engine.distributed import get_rank, get_world_size
     from wsss.fileio import DataError, read_image, remove_stale_temps, write_palette_png
 
     layout = VOCLayout(root)
+    ids = list(ids)[get_rank()::get_world_size()]
     out_dir, cam_dir = Path(out_dir), Path(cam_dir)
     todo = list(ids) if redo else [i for i in ids if not (out_dir / f"{i}.png").is_file()]
     missing = [i for i in todo if not cam_path(cam_dir, i).is_file()]

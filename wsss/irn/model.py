@@ -99,8 +99,8 @@ def boundary_map(model: BoundaryNet, image: torch.Tensor, canvas: int = 512) -> 
 
     An image with a side longer than ``canvas`` is padded to the square of its longer
     side instead. The reference pads by ``canvas - side``, which for a longer side is a
-    negative pad, i.e. a crop; its boundary map then no longer matches the CAM and it
-    stops with a size error (COCO has such images, VOC none). The square keeps the
+    negative pad, i.e. a crop; its boundary map then no longer matches the CAM and its
+    walk stops on an out-of-range index (COCO has such images, VOC none). The square keeps the
     reference's geometry: with ``canvas`` set to the longer side, the reference computes
     exactly this map.
     """

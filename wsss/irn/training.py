@@ -91,11 +91,10 @@ def make_irn_labels(cfg: Config, irn: IRNConfig | None = None, split: str | None
                     out_dir: str | Path | None = None) -> dict:
     """The random-walk label maps of ``split`` (default ``irn.split``) as palette PNGs in
     ``out_dir`` (default ``<irn.out_dir>/labels``)."""
-    from wsss.engine.trainer import setup_runtime as _setup
     from wsss.irn.labels import make_irn_labels as _make
 
     irn = resolved(cfg, irn)
-    device = _setup(cfg)
+    device = setup_runtime(cfg)
     split = split or irn.split
     ids = VOCLayout(cfg.data.root).read_split(split)
     model = load_boundary_net(irn, device=device)
