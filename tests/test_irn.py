@@ -303,7 +303,7 @@ def test_affinity_dataset(tiny_root):
 
 def test_train_and_label_tiny(tiny_cfg, tmp_path):
     """train_irn for two steps on the shared engine, then make_irn_labels on CAM files."""
-    from wsss.cam.files import save_cam
+    from wsss.data.cam_files import save_cam
     from wsss.data.voc import VOCLayout
     from wsss.fileio import read_image, read_mask
     from wsss.irn.config import IRNConfig

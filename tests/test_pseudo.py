@@ -133,3 +133,23 @@ def test_make_pseudo_equals_the_reference_loop(r18, tmp_path, workers):
         ours = read_mask(f"{cfg.work_dir}/pseudo_ours/{i}.png")
         assert np.array_equal(ours, read_mask(tmp_path / "ref" / f"{i}.png")), i
         assert (ours == 255).any() or (ours > 0).any()  # not trivially empty
+
+
+def test_the_torch_crf_backend_makes_the_same_pseudo_masks(r18, tmp_path):
+    """pseudo.crf_params.backend=torch (wsss.pseudo.crf_torch) writes pydensecrf's masks pixel
+    for pixel on the CPU; auto picks torch on CUDA only; the backend is no key of any record."""
+    from wsss.fileio import read_mask
+    from wsss.pseudo.crf import backend
+    from wsss.records import is_harmless
+
+    cfg, model = r18
+    make_cams(cfg, model, torch.device("cpu"), split="val")
+    ids = VOCLayout(cfg.data.root).read_split("val")
+    make_pseudo_masks(cfg, split="val", out_dir=tmp_path / "c", workers=0)
+    cfg.pseudo.crf_params.backend = "torch"
+    make_pseudo_masks(cfg, split="val", out_dir=tmp_path / "t", workers=2)
+    for i in ids:
+        assert np.array_equal(read_mask(tmp_path / "c" / f"{i}.png"), read_mask(tmp_path / "t" / f"{i}.png")), i
+    auto = CRFConfig()
+    assert backend(auto, torch.device("cuda", 0)) == "torch" and backend(auto, torch.device("cpu")) == "pydensecrf"
+    assert is_harmless("pseudo.crf_params.backend") and is_harmless("seg.crf_params.backend")

@@ -330,14 +330,3 @@ def test_cuda_agrees_with_cpu():
     probs = np.random.default_rng(0).dirichlet(np.ones(5), (64, 48)).transpose(2, 0, 1).astype(np.float32)
     np.testing.assert_allclose(ct.crf_probabilities_torch(imgs[0], probs, DEEPLAB, device="cuda"),
                                ct.crf_probabilities_torch(imgs[0], probs, DEEPLAB), rtol=0, atol=1e-5)
-
-
-def test_doc_tables_are_the_published_results():
-    """docs/crf_torch.md quotes docs/results/crf_{agreement,throughput}.json as the tools render
-    them (re-render: python -m tools.crf_results)."""
-    from tools.crf_results import DOC, doc_sections, render_published
-
-    sections = doc_sections(DOC.read_text())
-    assert set(sections) == {"crf_agreement", "crf_throughput"}
-    for name, body in sections.items():
-        assert body == render_published(name), f"{DOC.name}: {name} differs from docs/results/{name}.json"

@@ -145,7 +145,7 @@ def pydensecrf_version() -> str:
 def check_out(path: str | None, script: str) -> None:
     """docs/results/ takes only what scripts/ made (tests/test_results_docs.py checks each
     file's command), so a run of the tool module may not write there: say so before measuring."""
-    from wsss.results import RESULTS_DIR
+    from tools.published import RESULTS_DIR
 
     if path and Path(path).resolve().parent == RESULTS_DIR.resolve() \
             and Path(sys.argv[0]).resolve() != (REPO / "scripts" / script).resolve():
@@ -153,9 +153,9 @@ def check_out(path: str | None, script: str) -> None:
 
 
 def publish_to(path: str, kind: str, data: dict) -> Path:
-    """Write ``data`` as the project publishes results (wsss.results.publish: the command, the
+    """Write ``data`` as the project publishes results (tools.published.publish: the command, the
     machine, the commit, the data)."""
-    from wsss.results import publish
+    from tools.published import publish
 
     return publish(path, kind, data)
 
@@ -288,8 +288,8 @@ def _r(s: dict, k: str, fmt: str = "{:.6f}") -> str:
 
 def render(doc: dict) -> str:
     """The markdown table docs/crf_torch.md quotes, from a published crf_agreement document."""
-    from wsss.reporting import md_table
-    from wsss.results import made_on
+    from wsss.reports import md_table
+    from tools.published import made_on
 
     d = doc["data"]
     s, m, st = d["summary"], d["pseudo_mask_miou"], d["settings"]

@@ -181,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def render(doc: dict) -> str:
     """The markdown table docs/crf_torch.md quotes, from a published crf_throughput document."""
-    from wsss.reporting import md_table
-    from wsss.results import made_on
+    from wsss.reports import md_table
+    from tools.published import made_on
 
     d = doc["data"]
     st, r, q = d["settings"], d["images_per_s"], d["ratio_to_pydensecrf_1_proc"]

@@ -1,7 +1,7 @@
 """IRN on a CPU: the random walk per image, sparse (ours) against the reference's dense
 procedure, and the boundary network's training rate.
 
-    python tools/irn_walk_benchmark.py [--reference /path/to/GSLM-or-IRN checkout] [--out docs/results/irn_benchmark.json]
+    python scripts/benchmark_irn.py [--reference /path/to/GSLM-or-IRN checkout] [--out docs/results/irn_benchmark.json]
 
 Every measurement runs in a fresh process (spawn) so that its peak resident memory is
 its own: ``peak_mib`` is the process's peak RSS minus its RSS just before the measured
@@ -247,8 +247,9 @@ def main() -> int:
     if res["train"]:
         summary["train_images_per_s"] = {f"crop{r['crop']}_batch{r['batch']}": r["images_per_s"] for r in res["train"]}
     res["summary"] = summary
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=1) + "\n")
+    from tools.published import publish
+
+    publish(a.out, "irn_benchmark", res)  # with the command, the machine and the commit
     print(json.dumps(summary, indent=1))
     return 0
 

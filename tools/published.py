@@ -202,7 +202,15 @@ RENDERERS = {
     "gslm_rounds": lambda d: render_gslm_rounds(d["compare"]),
     "benchmark": lambda d: render_benchmark(d["benchmark"]),
     "benchmark_reference": lambda d: render_benchmark_reference(d["benchmark_reference"]),
+    "crf_agreement": lambda d: _crf_render("crf_agreement", d),
+    "crf_throughput": lambda d: _crf_render("crf_throughput", d),
 }
+
+
+def _crf_render(name: str, docs: dict) -> str:
+    from tools import crf_agreement, crf_throughput
+
+    return {"crf_agreement": crf_agreement.render, "crf_throughput": crf_throughput.render}[name](docs[name])
 
 
 def load_published(results_dir: Path = RESULTS_DIR) -> dict:

@@ -7,12 +7,14 @@
       <section>/                what a method's training writes beside them (gslm/round<r>/...)
       cams/                     make_cam: <id>.npz, made_by.json
       pseudo/                   make_pseudo: <id>.png, made_by.json
+      irn/checkpoints/          train_irn: the boundary network, made_by.json
+      irn/labels/               make_irn_labels: <id>.png (the random walk's labels), made_by.json
       seg/checkpoints/          train_seg: last.pth, deeplab.pth, final.pth, made_by.json
       seg/val_pred/             eval_seg: coloured val predictions
       seg/results/VOC2012/Segmentation/comp6_test_cls/   eval_seg: test PNGs for the server
       metrics/<name>.{json,md}  every stage's numbers; metrics/<section>_* a method's
       pipeline/<stage>.json     run_pipeline's marker of each finished stage
-      tb/, tb_seg/              TensorBoard
+      tb/, tb_irn/, tb_seg/     TensorBoard
       vis/                      side-by-side panels
 
 A config's empty paths (``cam.checkpoint``, ``cam.out_dir``, ``pseudo.out_dir``,
@@ -55,6 +57,14 @@ def seg_checkpoints(cfg: Any) -> Path:
     return Path(cfg.seg.out_dir) / "checkpoints"
 
 
+def irn_checkpoints(cfg: Any) -> Path:
+    return Path(cfg.irn.out_dir) / "checkpoints"
+
+
+def irn_labels(cfg: Any) -> Path:
+    return Path(cfg.irn.out_dir) / "labels"
+
+
 def seg_predictions(cfg: Any) -> Path:
     return Path(cfg.seg.out_dir) / "val_pred"
 
@@ -93,7 +103,7 @@ def method_dir(cfg: Any, section: str) -> Path:
 # --------------------------------------------------------------------------
 # a config's paths
 # --------------------------------------------------------------------------
-OUTPUT_KEYS = ["cam.out_dir", "pseudo.out_dir", "seg.out_dir", "seg.checkpoint"]
+OUTPUT_KEYS = ["cam.out_dir", "pseudo.out_dir", "irn.out_dir", "irn.checkpoint", "seg.out_dir", "seg.checkpoint"]
 
 
 def fill_paths(cfg: Any) -> None:
@@ -114,11 +124,20 @@ def fill_paths(cfg: Any) -> None:
         cfg.pseudo.cam_dir = cfg.cam.out_dir
     if not cfg.pseudo.out_dir:
         cfg.pseudo.out_dir = str(work(cfg) / "pseudo")
+    irn = cfg.irn
+    if not irn.out_dir:
+        irn.out_dir = str(work(cfg) / "irn")
+    if not irn.mask_dir:
+        irn.mask_dir = cfg.pseudo.out_dir
+    if not irn.cam_dir:
+        irn.cam_dir = cfg.cam.out_dir
+    if not irn.checkpoint:
+        irn.checkpoint = str(irn_checkpoints(cfg) / "final.pth")
     s = cfg.seg
     if not s.out_dir:
         s.out_dir = str(work(cfg) / "seg")
     if not s.mask_dir:
-        s.mask_dir = cfg.pseudo.out_dir
+        s.mask_dir = str(irn_labels(cfg)) if s.masks == "irn" else cfg.pseudo.out_dir
     if not s.checkpoint:
         s.checkpoint = str(seg_checkpoints(cfg) / "final.pth")
     if s.weights == "from_cam":
@@ -139,8 +158,10 @@ def inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
 def protected(cfg: Any) -> list[Path]:
     """Inputs of the config that may lie inside work_dir and must survive any redo."""
     paths = [cfg.data.root, cfg.data.label_file, cfg.model.weights, cfg.seg.weights, cfg.seg.mask_dir,
-             cfg.eval_cam.cam_dir, cfg.pseudo.cam_dir, cfg.cam.checkpoint, cfg.seg.checkpoint]
-    ours = [cam_checkpoints(cfg), seg_checkpoints(cfg), Path(cfg.cam.out_dir), Path(cfg.pseudo.out_dir)]
+             cfg.eval_cam.cam_dir, cfg.pseudo.cam_dir, cfg.cam.checkpoint, cfg.seg.checkpoint, cfg.irn.weights,
+             cfg.irn.mask_dir, cfg.irn.cam_dir, cfg.irn.checkpoint]
+    ours = [cam_checkpoints(cfg), seg_checkpoints(cfg), Path(cfg.cam.out_dir), Path(cfg.pseudo.out_dir),
+            irn_checkpoints(cfg), irn_labels(cfg)]
     return [Path(p) for p in paths if p and p != "none" and Path(p).exists() and not any(inside(p, d) for d in ours)]
 
 

@@ -46,7 +46,10 @@ from wsss.fileio import DataError, atomic_write_json, read_json, remove_stale_te
 from wsss.fileio import file_sha256 as sha256_of_file
 
 HARMLESS_NAMES = frozenset({"workers", "log_interval", "ckpt_interval", "vis_interval", "redo", "progress", "tensorboard",
-                            "threads", "pin_memory", "persistent_workers"})
+                            "threads", "pin_memory", "persistent_workers",
+                            # a CRF's backend: the same arithmetic (bit for bit on the CPU; to
+                            # rounding on CUDA, as runtime.device)
+                            "backend"})
 HARMLESS_KEYS = frozenset({
     "exp_name", "work_dir", "data.root", "data.label_file",
     "runtime.device", "runtime.deterministic", "runtime.channels_last", "runtime.compile", "runtime.compile_backend",
@@ -55,12 +58,15 @@ HARMLESS_KEYS = frozenset({
     "eval_cam.cam_dir",
     "pseudo.split", "pseudo.cam_dir", "pseudo.out_dir", "pseudo.shared_pairwise",
     "seg.out_dir", "seg.checkpoint", "seg.save_predictions",
+    # make_irn_labels covers its split image by image (as cam.split); the sparse and the dense
+    # walk are the same sum in another order (tested to rounding)
+    "irn.out_dir", "irn.checkpoint", "irn.cam_dir", "irn.split", "irn.walk",
     "pipeline", "pretrain",
 })
 # keys whose value stands for a file (recorded by its SHA-256: wsss.records.file_identity) or a
 # folder (recorded by the record of what it holds: a stage's inputs)
-FILE_KEYS = frozenset({"model.weights", "train.init_checkpoint", "seg.weights"})
-CONTENT_KEYS = FILE_KEYS | {"seg.mask_dir"}
+FILE_KEYS = frozenset({"model.weights", "train.init_checkpoint", "seg.weights", "irn.weights"})
+CONTENT_KEYS = FILE_KEYS | {"seg.mask_dir", "irn.mask_dir"}
 METHODS = "<method sections>"  # in a stage's keys: every method section of the config
 
 
@@ -364,11 +370,12 @@ def checked(cfg: Config, stage) -> dict:
     return want
 
 
-def folder_input(cfg: Config, folder: str | Path, owner) -> dict:
-    """The record of a folder a stage reads: ``owner``'s checked record when it is that stage's
-    output folder in this work_dir; else the folder's own made_by.json (or its path)."""
-    if Path(folder).resolve() == owner.outputs.folder(cfg).resolve():
-        return checked(cfg, owner)
+def folder_input(cfg: Config, folder: str | Path, *owners) -> dict:
+    """The record of a folder a stage reads: its owner's checked record when it is one of
+    ``owners``' output folder in this work_dir; else the folder's own made_by.json (or its path)."""
+    for owner in owners:
+        if Path(folder).resolve() == owner.outputs.folder(cfg).resolve():
+            return checked(cfg, owner)
     return read_record(folder) or {"folder": str(folder)}
 
 

@@ -131,6 +131,7 @@ def summary_rows(s: dict, skip_missing: bool = False) -> list[list[str]]:
         ["pseudo-mask mIoU (255 as background)", pct(n.get("pseudo_miou_255_as_bg")), "pseudo_miou_255_as_bg"],
         ["pseudo-mask mIoU (confident pixels)", pct(n.get("pseudo_miou_confident"))
          + (f" ({pct(n['pseudo_confident_fraction'])}% confident)" if "pseudo_confident_fraction" in n else ""), "pseudo_miou_confident"],
+        ["IRN label mIoU (random walk)", pct(n.get("irn_miou")), "irn_miou"],
         ["segmentation mIoU (val)", pct(n.get("seg_miou")), "seg_miou"],
     ]
     rows = [[a, b] for a, b, key in rows if not (skip_missing and n.get(key) is None)]

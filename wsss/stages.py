@@ -145,6 +145,8 @@ def _eval_cam_numbers(r: dict) -> dict:
     return out
 
 
+# the random walk's settings: keys of make_irn_labels, not of the boundary network's training
+IRN_WALK_KEYS = ("irn.walk_radius", "irn.beta", "irn.exp_times", "irn.bg_thres", "irn.infer_canvas")
 SEG_EVAL_KEYS = ("seg.val_split", "seg.test_split", "seg.scales", "seg.flip", "seg.crf", "seg.crf_params")
 
 
@@ -181,11 +183,30 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
                              "pseudo_miou_confident": r["miou_confident_pixels"],
                              "pseudo_confident_fraction": r["confident_fraction"]} if r else {},
           main_only=True),
+    Stage("train_irn", "wsss.irn.training:train_irn_stage",
+          lambda cfg: ["seed", "data", "irn", "train.max_steps", "runtime.amp", "runtime.sync_bn"],
+          Outputs(folder=layout.irn_checkpoints, files="*.pth", whole=True,
+                  logs=lambda cfg: [layout.tensorboard(cfg, "tb_irn")], metrics=lambda cfg: ["train_irn_*"]),
+          excludes=(*IRN_WALK_KEYS, "irn.eval_split"),
+          inputs=lambda cfg: {"masks": records.folder_input(cfg, cfg.irn.mask_dir, STAGES["make_pseudo"])},
+          what="IRN checkpoints", redo_hint="redo it with train_irn.py --no-resume", training=True,
+          phases="wsss.irn.training:irn_phases"),
+    Stage("make_irn_labels", "wsss.irn.training:make_irn_labels_stage",
+          lambda cfg: ["data", "irn.backbone", *IRN_WALK_KEYS, "irn.aug.mean", "irn.aug.std", "runtime.amp"],
+          Outputs(folder=layout.irn_labels, files="*.png", metrics=lambda cfg: ["make_irn_labels.*"]),
+          inputs=lambda cfg: {"cams": records.folder_input(cfg, cfg.irn.cam_dir, STAGES["make_cam"]),
+                              "boundary": records.file_input(cfg, cfg.irn.checkpoint, STAGES["train_irn"])},
+          what="IRN labels", redo_key="irn.redo", redo_hint="set irn.redo=true to make them again"),
+    Stage("eval_irn", "wsss.irn.training:eval_irn_stage", lambda cfg: ["data", "irn.eval_split"],
+          Outputs(metrics=lambda cfg: ["irn_eval.*"]),
+          inputs=lambda cfg: {"labels": records.folder_input(cfg, layout.irn_labels(cfg), STAGES["make_irn_labels"])},
+          numbers=lambda r: {"irn_miou": r["miou_255_as_background"]} if r else {}, main_only=True),
     Stage("train_seg", "wsss.seg.training:train_seg_stage", lambda cfg: ["seed", "data", "seg", "train.max_steps", "runtime.amp", "runtime.sync_bn"],
           Outputs(folder=layout.seg_checkpoints, files="*.pth", whole=True,
                   logs=lambda cfg: [layout.tensorboard(cfg, "tb_seg")], metrics=lambda cfg: ["train_seg_*"]),
           excludes=SEG_EVAL_KEYS,
-          inputs=lambda cfg: {"masks": records.folder_input(cfg, _mask_folder(cfg), STAGES["make_pseudo"])},
+          inputs=lambda cfg: {"masks": records.folder_input(cfg, _mask_folder(cfg), STAGES["make_pseudo"],
+                                                            STAGES["make_irn_labels"])},
           what="DeepLab checkpoints", redo_hint="redo it with train_seg.py --no-resume", training=True,
           phases="wsss.seg.training:seg_phases",
           also_on_stale=_train_seg_also),

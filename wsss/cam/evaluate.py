@@ -14,7 +14,7 @@ from wsss.data.voc import VOCLayout
 from wsss.fileio import read_image, read_mask
 from wsss.metrics import ThresholdSweep, confusion_matrix, coverage, region_map, scores, threshold_range
 from wsss.parallel import chunks, imap_unordered, workers_for
-from wsss.pseudo.refine import refined_labels
+from wsss.pseudo.refine import crf_device, refined_labels
 from wsss.reports import md_table, pct, per_class_rows, save_metrics
 
 
@@ -52,7 +52,7 @@ def _sweep_chunk(ids: list[str], root: str, gt_dir: str, cam_dir: str, num_class
 
 
 def _crf_chunk(ids: list[str], root: str, gt_dir: str, cam_dir: str, num_classes: int, threshold: float,
-               crf: CRFConfig) -> np.ndarray:
+               crf: CRFConfig, device=None) -> np.ndarray:
     layout = VOCLayout(root)
     n = num_classes + 1
     conf = np.zeros((n, n), np.int64)
@@ -60,7 +60,7 @@ def _crf_chunk(ids: list[str], root: str, gt_dir: str, cam_dir: str, num_classes
         gt = read_mask(layout.mask(image_id, gt_dir), num_classes)
         cam = load_cam(cam_path(cam_dir, image_id), gt.shape, num_classes)
         img = read_image(layout.image(image_id))
-        (pred,) = refined_labels(img, cam["high_res"], cam["keys"], [threshold], crf)
+        (pred,) = refined_labels(img, cam["high_res"], cam["keys"], [threshold], crf, device=device)
         conf += confusion_matrix(gt, pred, n)
     return conf
 
@@ -69,8 +69,10 @@ def crf_split(cfg: Config, split: str, cam_dir: str | Path, threshold: float, wo
     """The confusion matrix of CAM+CRF at ``threshold`` over a split (in ``workers`` processes)."""
     ids = VOCLayout(cfg.data.root).read_split(split)
     n = cfg.data.num_classes + 1
+    device, here = crf_device(cfg, cfg.pseudo.crf_params)
+    workers = 0 if here else workers
     fn = partial(_crf_chunk, root=cfg.data.root, gt_dir=cfg.data.gt_dir, cam_dir=str(cam_dir),
-                 num_classes=cfg.data.num_classes, threshold=threshold, crf=cfg.pseudo.crf_params)
+                 num_classes=cfg.data.num_classes, threshold=threshold, crf=cfg.pseudo.crf_params, device=device)
     conf = np.zeros((n, n), np.int64)
     for part in imap_unordered(fn, chunks(ids, workers) if workers > 1 else [ids], workers, chunksize=1):
         conf += part

@@ -11,6 +11,7 @@ files, command-line overrides, validation against this schema). One experiment, 
     cam       make_cam: multi-scale + flip inference, the CAM files
     eval_cam  eval_cam: the background-threshold sweep (and CAM+CRF)
     pseudo    make_pseudo / eval_pseudo: thresholds and the label CRF
+    irn       train_irn / make_irn_labels / eval_irn: IRN's boundary network and random walk
     seg       train_seg / eval_seg: DeepLab and its evaluation
     pipeline  run_pipeline: which stages, in order
     pretrain  the synthetic configs' pretrained start (wsss.pretrain)
@@ -207,6 +208,10 @@ class CRFConfig:
     # image's (sxy * max(H, W) / reference_size; the synthetic configs: 500, VOC's, for their
     # smaller images); 0: used as given (VOC)
     reference_size: float = 0.0
+    # pydensecrf (C++, one core per image) or wsss.pseudo.crf_torch (the same arithmetic in
+    # PyTorch: bit for bit on the CPU, to float rounding on CUDA, batched over images);
+    # auto: torch on CUDA, pydensecrf on the CPU (where the C++ is faster)
+    backend: Literal["auto", "pydensecrf", "torch"] = "auto"
 
     def sxy_for(self, h: int, w: int) -> tuple[float, float]:
         """(Gaussian sxy, bilateral sxy) for an image of h x w pixels."""
@@ -260,8 +265,11 @@ class SegConfig(ScheduleConfig):
     aspp_rates: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
     # training
     train_split: str = "train_aug"
-    # default: pseudo.out_dir (the experiment's pseudo masks); or any mask folder: a bare
-    # name lies under data.root (SegmentationClassAug), a path is used as is
+    # the masks DeepLab trains on when seg.mask_dir is not set: the CRF pseudo masks
+    # (pseudo.out_dir) or IRN's random-walk labels (<irn.out_dir>/labels)
+    masks: Literal["pseudo", "irn"] = "pseudo"
+    # any mask folder instead: a bare name lies under data.root (SegmentationClassAug), a
+    # path is used as is
     mask_dir: str = ""
     head_bias_lr_mult: float = 20.0  # head biases (no weight decay on them)
     workers: int = -1  # -1: the node's cores over the ranks on it (wsss.parallel.workers_for)
@@ -279,6 +287,56 @@ class SegConfig(ScheduleConfig):
     crf_params: CRFConfig = field(default_factory=_seg_crf)
     save_predictions: bool = True  # coloured PNGs of val predictions
     out_dir: str = ""  # default: <work_dir>/seg
+
+
+# --------------------------------------------------------------------------
+# IRN (train_irn, make_irn_labels, eval_irn)
+# --------------------------------------------------------------------------
+def _irn_aug() -> AugConfig:
+    # the reference's VOC12AffinityDataset: random rescale 0.5-1.5 (image bicubic, mask
+    # nearest), flip, random crop 512 (image 0 after normalisation, mask 255); no long-side resize
+    return AugConfig(resize_long=[], scale_range=[0.5, 1.5], interpolation="bicubic", hflip=True, crop_size=512)
+
+
+@dataclass
+class IRNConfig(ScheduleConfig):
+    """IRN's semantic half: a boundary network trained on the pseudo masks' pixel relations,
+    then a random walk of the CAMs within its boundaries (wsss.irn). The reference recipe
+    (IRN's run_sample.py; GSLM's step/train_irn.py, make_sem_seg_labels.py)."""
+
+    # train_irn: 3 epochs, batch 32 (IRN; GSLM 16), lr 0.1, weight decay 1e-4, poly 0.9. The
+    # reference's PolyOptimizer puts the weight decay into SGD's momentum slot (momentum
+    # 1e-4); momentum: 1e-4 restores it exactly.
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 0.1
+    head_lr_mult: float = 1.0  # the boundary branch is the only thing that trains
+    momentum: float = 0.0
+    weight_decay: float = 1e-4
+    backbone: Backbone = "resnet50"  # frozen (eval mode, no gradient), strides 2, 2, 2, 1
+    weights: str = "IMAGENET1K_V1"  # the reference's resnet50-19c8e357.pth is torchvision's V1
+    radius: int = 10  # training pairs: the half disk of this radius at stride 4
+    train_split: str = "train_aug"
+    # the relation labels: default the pseudo masks (pseudo.out_dir; their label CRF's
+    # pseudo.crf_params.gauss_compat is 10 as GSLM, 3 as IRN's own setting)
+    mask_dir: str = ""
+    aug: AugConfig = field(default_factory=_irn_aug)
+    workers: int = -1  # -1: the node's cores over the ranks on it (wsss.parallel.workers_for)
+    log_interval: int = 20
+    ckpt_interval: int = 200
+    # make_irn_labels (the reference's make_sem_seg_labels)
+    split: str = "train_aug"  # the images that get labels (DeepLab trains on them)
+    cam_dir: str = ""  # default: cam.out_dir (its strided maps: cam.save_strided)
+    walk_radius: int = 5
+    beta: float = 10.0  # affinity ** beta
+    exp_times: int = 8  # 2 ** 8 = 256 steps of the walk
+    bg_thres: float = 0.25  # the background plane (sem_seg_bg_thres)
+    infer_canvas: int = 512  # images padded to this square for the boundary map (the reference's crop)
+    walk: Literal["sparse", "dense"] = "sparse"  # dense: the reference's N x N squaring (tests, small images)
+    eval_split: str = "train"  # eval_irn: the labels of this split against GT ("" = skip)
+    checkpoint: str = ""  # default: <irn.out_dir>/checkpoints/final.pth
+    out_dir: str = ""  # default: <work_dir>/irn
+    redo: bool = False
 
 
 # --------------------------------------------------------------------------
@@ -323,6 +381,7 @@ class Config:
     eval_cam: EvalCamConfig = field(default_factory=EvalCamConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     seg: SegConfig = field(default_factory=SegConfig)
+    irn: IRNConfig = field(default_factory=IRNConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     # A method's section (ppl, gslm: wsss.registry.register_section), present when the config

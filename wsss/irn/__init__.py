@@ -8,6 +8,5 @@ boundaries it finds.
     walk       the transition matrix and the walk: dense (the reference's) and sparse (a stencil)
     labels     one image's label map from its CAM file and boundary map; make_irn_labels over a split
     data       AffinityDataset: train_irn's augmented image + mask at stride 4
-    training   train_irn / make_irn_labels on the shared engine
-    config     IRNConfig: the recipe's keys and the reference's values
+    training   the stages' work: train_irn, make_irn_labels, eval_irn (the recipe: wsss.config.IRNConfig)
 """

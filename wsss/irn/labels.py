@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsss.cam.files import cam_path, load_cam
+from wsss.data.cam_files import cam_path, load_cam
 from wsss.irn.model import BoundaryNet, boundary_map, feature_size
 from wsss.irn.walk import dense_random_walk, sparse_random_walk
 
@@ -26,7 +26,7 @@ WALKS = {"sparse": sparse_random_walk, "dense": dense_random_walk}
 
 
 def strided_cams(cam: dict, image_hw: tuple[int, int]) -> torch.Tensor:
-    """The CAM [k, ceil(H/4), ceil(W/4)] (float32) from a loaded CAM file (wsss.cam.files)."""
+    """The CAM [k, ceil(H/4), ceil(W/4)] (float32) from a loaded CAM file (wsss.data.cam_files)."""
     size = feature_size(image_hw)
     if "strided" in cam:
         st = torch.from_numpy(np.asarray(cam["strided"], np.float32))
@@ -88,11 +88,11 @@ def image_irn_labels(model: BoundaryNet, image: np.ndarray, cam: dict, mean, std
 def make_irn_labels(model: BoundaryNet, root: str | Path, ids: list[str], cam_dir: str | Path, out_dir: str | Path,
                     irn, mean, std, device: torch.device | str = "cpu", redo: bool = False, progress: bool = False) -> dict:
     """Label PNGs (VOC palette) for ``ids`` into ``out_dir``; finished ones are skipped
-    unless ``redo``. ``irn``: an :class:`wsss.irn.config.IRNConfig` (walk settings).
+    unless ``redo``. ``irn``: the config's ``irn`` section (walk settings).
     Under torchrun each rank takes every world_size-th id."""
     from wsss.data.voc import VOCLayout
     from wsss.engine.distributed import get_rank, get_world_size
-    from wsss.fileio import DataError, read_image, remove_stale_temps, write_palette_png
+    from wsss.fileio import DataError, read_image, write_palette_png
 
     layout = VOCLayout(root)
     ids = list(ids)[get_rank()::get_world_size()]
@@ -101,8 +101,7 @@ def make_irn_labels(model: BoundaryNet, root: str | Path, ids: list[str], cam_di
     missing = [i for i in todo if not cam_path(cam_dir, i).is_file()]
     if missing:
         raise DataError(f"{cam_path(cam_dir, missing[0])}: CAM file not found ({len(missing)} missing; run make_cam first)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)  # its leftover temporary files: removed by the stage's claim
     model.eval()
     bar = None
     if progress and todo:

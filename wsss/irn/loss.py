@@ -36,8 +36,13 @@ def pair_affinity(boundary: torch.Tensor, index: PairIndex) -> torch.Tensor:
     return aff[0] if single else aff
 
 
-def boundary_loss(aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor, neg: torch.Tensor) -> dict:
+def boundary_loss(aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor, neg: torch.Tensor,
+                  counts: torch.Tensor | None = None, world_size: int = 1) -> dict:
     """The loss terms (tensors): ``loss`` (what trains), ``bg_pos``, ``fg_pos``, ``neg``.
+
+    ``counts``: the whole batch's (bg_pos, fg_pos, neg) pair counts when this process holds a
+    share of it (one of ``world_size`` DDP ranks): each ratio is then divided by
+    (count + 1e-5) / world_size, so the ranks' averaged gradients are the whole batch's.
 
     ``loss`` is half the affinity terms' sum because the reference's total is
     ``(pos + neg) / 2 + (displacement terms) / 2``; the displacement branch has its own
@@ -46,8 +51,11 @@ def boundary_loss(aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor,
     """
     pos_term = -torch.log(aff + 1e-5)
     neg_term = -torch.log(1.0 + 1e-5 - aff)
-    bg = torch.sum(bg_pos * pos_term) / (torch.sum(bg_pos) + 1e-5)
-    fg = torch.sum(fg_pos * pos_term) / (torch.sum(fg_pos) + 1e-5)
-    ng = torch.sum(neg * neg_term) / (torch.sum(neg) + 1e-5)
+    if counts is None:
+        counts, world_size = torch.stack([bg_pos.sum(), fg_pos.sum(), neg.sum()]), 1
+    n_bg, n_fg, n_neg = ((counts + 1e-5) / world_size).unbind()
+    bg = torch.sum(bg_pos * pos_term) / n_bg
+    fg = torch.sum(fg_pos * pos_term) / n_fg
+    ng = torch.sum(neg * neg_term) / n_neg
     pos = bg / 2 + fg / 2
     return {"loss": (pos + ng) / 2, "bg_pos": bg, "fg_pos": fg, "neg": ng}

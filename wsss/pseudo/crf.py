@@ -1,4 +1,5 @@
-"""DenseCRF (pydensecrf) for label maps and probability maps.
+"""DenseCRF for label maps and probability maps: pydensecrf, or the same computation in PyTorch
+(wsss.pseudo.crf_torch) on CUDA or the CPU, as ``CRFConfig.backend`` says.
 
 The pairwise terms (the Gaussian and the bilateral kernel, whose permutohedral
 lattice is the expensive part) depend only on the image; the unary depends on
@@ -13,6 +14,13 @@ import numpy as np
 from wsss.config import CRFConfig
 
 
+def backend(p: CRFConfig, device=None) -> str:
+    """The backend that runs: auto = torch on a CUDA device, pydensecrf otherwise."""
+    if p.backend != "auto":
+        return p.backend
+    return "torch" if device is not None and getattr(device, "type", str(device)).startswith("cuda") else "pydensecrf"
+
+
 def _dense_crf(img: np.ndarray, n_labels: int, p: CRFConfig):
     import pydensecrf.densecrf as dcrf
 
@@ -24,8 +32,13 @@ def _dense_crf(img: np.ndarray, n_labels: int, p: CRFConfig):
     return d
 
 
-def crf_labels(img: np.ndarray, label_maps: list[np.ndarray], n_labels: int, p: CRFConfig, shared: bool = True) -> list[np.ndarray]:
+def crf_labels(img: np.ndarray, label_maps: list[np.ndarray], n_labels: int, p: CRFConfig, shared: bool = True,
+               device=None) -> list[np.ndarray]:
     """Refine each label map (values 0..n_labels-1) with the label CRF; returns the argmax maps."""
+    if backend(p, device) == "torch":
+        from wsss.pseudo.crf_torch import crf_labels_torch
+
+        return crf_labels_torch(img, label_maps, n_labels, p, device=device)
     from pydensecrf.utils import unary_from_labels
 
     h, w = img.shape[:2]
@@ -39,8 +52,12 @@ def crf_labels(img: np.ndarray, label_maps: list[np.ndarray], n_labels: int, p: 
     return out
 
 
-def crf_probabilities(img: np.ndarray, probs: np.ndarray, p: CRFConfig) -> np.ndarray:
+def crf_probabilities(img: np.ndarray, probs: np.ndarray, p: CRFConfig, device=None) -> np.ndarray:
     """Probability CRF (deeplab-pytorch's post-processing): unary = -log(probs); returns refined probs."""
+    if backend(p, device) == "torch":
+        from wsss.pseudo.crf_torch import crf_probabilities_torch
+
+        return crf_probabilities_torch(img, probs, p, device=device)
     from pydensecrf.utils import unary_from_softmax
 
     c, h, w = probs.shape

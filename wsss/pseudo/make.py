@@ -16,15 +16,15 @@ from wsss.engine.distributed import barrier, get_rank, get_world_size, is_main, 
 from wsss.fileio import DataError, read_image, read_mask, remove_stale_temps, write_palette_png
 from wsss.metrics import confusion_matrix, scores
 from wsss.parallel import chunks, imap_unordered, workers_for
-from wsss.pseudo.refine import cams_to_pseudo
+from wsss.pseudo.refine import cams_to_pseudo, crf_device
 from wsss.reports import md_table, pct, per_class_rows, save_metrics
 
 
-def _make_one(image_id: str, root: str, cam_dir: str, out_dir: str, p: dict, crf: CRFConfig | None) -> str:
+def _make_one(image_id: str, root: str, cam_dir: str, out_dir: str, p: dict, crf: CRFConfig | None, device=None) -> str:
     layout = VOCLayout(root)
     img = read_image(layout.image(image_id))
     cam = load_cam(cam_path(cam_dir, image_id), img.shape[:2])
-    mask = cams_to_pseudo(img, cam["high_res"], cam["keys"], p["fg_thres"], p["bg_thres"], crf, p["shared_pairwise"])
+    mask = cams_to_pseudo(img, cam["high_res"], cam["keys"], p["fg_thres"], p["bg_thres"], crf, p["shared_pairwise"], device)
     write_palette_png(Path(out_dir) / f"{image_id}.png", mask)
     return image_id
 
@@ -48,8 +48,12 @@ def make_pseudo_masks(cfg: Config, split: str | None = None, cam_dir: str | Path
         raise DataError(f"{cam_path(cam_dir, missing[0])}: CAM file not found ({len(missing)} of split {split} missing; run make_cam first)")
     out_dir.mkdir(parents=True, exist_ok=True)
     crf = p.crf_params if p.crf else None
+    device, here = crf_device(cfg, crf)
+    if here:
+        workers = 0
     fn = partial(_make_one, root=cfg.data.root, cam_dir=str(cam_dir), out_dir=str(out_dir),
-                 p={"fg_thres": p.fg_thres, "bg_thres": p.bg_thres, "shared_pairwise": p.shared_pairwise}, crf=crf)
+                 p={"fg_thres": p.fg_thres, "bg_thres": p.bg_thres, "shared_pairwise": p.shared_pairwise}, crf=crf,
+                 device=device)
     t0 = time.perf_counter()
     bar = None
     if (cfg.runtime.progress if progress is None else progress) and todo and get_rank() == 0:

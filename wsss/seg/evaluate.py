@@ -76,7 +76,7 @@ def predict_split(cfg: Config, model: torch.nn.Module, device: torch.device, spl
         inputs = [x[None].to(device) for x in sample["inputs"]]
         probs = multiscale_probs(model, inputs, img.shape[:2], flip)[0].cpu().numpy()
         if crf:
-            probs = crf_probabilities(img, probs, s.crf_params)
+            probs = crf_probabilities(img, probs, s.crf_params, device=device)
         pred = probs.argmax(0).astype(np.uint8)
         if bar is not None:
             bar.update(1)
