@@ -301,34 +301,47 @@ def test_affinity_dataset(tiny_root):
         AffinityDataset(tiny_root, ids, "SegmentationClassAug", AugConfig(crop_size=62), num_classes=3)
 
 
-def test_train_and_label_tiny(tiny_cfg, tmp_path):
-    """train_irn for two steps on the shared engine, then make_irn_labels on CAM files."""
-    from wsss.data.cam_files import save_cam
-    from wsss.data.voc import VOCLayout
-    from wsss.fileio import read_image, read_mask
-    from wsss.irn.config import IRNConfig
-    from wsss.irn.training import make_irn_labels, train_irn
+@pytest.mark.slow
+def test_the_irn_chain_runs_as_pipeline_stages(tiny_root, tmp_path):
+    """CAM -> pseudo masks -> train_irn -> make_irn_labels -> eval_irn -> DeepLab on IRN's labels,
+    through run_pipeline on tiny data: every stage leaves its record and numbers; a rerun skips
+    them all; a walk key changes make_irn_labels' record (refused without irn.redo), not the
+    boundary network's."""
+    import json
 
-    cfg = tiny_cfg(**{"train.max_steps": 2})
-    irn = IRNConfig(backbone="resnet18", weights="none", batch_size=2, workers=0, log_interval=1, ckpt_interval=0,
-                    radius=5, mask_dir="SegmentationClassAug", train_split="train", split="train", infer_canvas=64)
-    irn.aug.crop_size = 64
-    ckpt = train_irn(cfg, irn)
-    assert ckpt.is_file()
-    layout = VOCLayout(cfg.data.root)
-    ids = layout.read_split("train")
-    cam_dir = tmp_path / "cams"
-    rng = np.random.default_rng(0)
-    for i in ids:
-        h, w = read_image(layout.image(i)).shape[:2]
-        keys = np.array([0, 2])
-        st = rng.random((2, (h + 3) // 4, (w + 3) // 4)).astype(np.float32)
-        save_cam(cam_dir / f"{i}.npz", keys, rng.random((2, h, w)).astype(np.float32), st)
-    irn.cam_dir = str(cam_dir)
-    out = make_irn_labels(cfg, irn)
-    assert out["computed"] == len(ids)
-    for i in ids:
-        lab = read_mask(tmp_path / "work" / "irn" / "labels" / f"{i}.png")
-        assert lab.shape == read_image(layout.image(i)).shape[:2]
-        assert set(np.unique(lab).tolist()) <= {0, 1, 3}
-    assert make_irn_labels(cfg, irn)["skipped"] == len(ids)  # finished files are kept
+    from conftest import CONFIGS, run_script_here, tiny_overrides
+    from wsss.fileio import read_mask
+    from wsss.records import StaleOutputError
+
+    work = tmp_path / "irn"
+    over = tiny_overrides(tiny_root, work, **{
+        "train.max_steps": 2, "cam.split": "train", "pseudo.split": "train", "cam.save_strided": True,
+        "irn.backbone": "resnet18", "irn.weights": "none", "irn.batch_size": 4, "irn.workers": 0, "irn.radius": 5,
+        "irn.aug.crop_size": 64, "irn.infer_canvas": 64, "irn.train_split": "train", "irn.split": "train",
+        "irn.log_interval": 1, "seg.masks": "irn", "seg.train_split": "train", "seg.iterations": 2, "seg.batch_size": 4,
+        "seg.weights": "none", "seg.workers": 0, "seg.scales": [1.0], "seg.test_split": "", "pipeline.visualize_ids": 1})
+    stages = "train_cam,make_cam,make_pseudo,train_irn,make_irn_labels,eval_irn,train_seg,eval_seg"
+    args = ["--config", str(CONFIGS / "cam/cam_r18_synthetic.yaml"), *over, "--stages", stages]
+    out = run_script_here("run_pipeline.py", *args, check=True).stdout
+    labels = sorted((work / "irn" / "labels").glob("*.png"))
+    assert len(labels) == 12 and "IRN label mIoU on train" in out
+    assert set(np.unique(read_mask(labels[0])).tolist()) <= {0, 1, 2, 3}
+    summary = json.loads((work / "metrics" / "summary.json").read_text())
+    assert 0 <= summary["numbers"]["irn_miou"] <= 1 and "seg_miou" in summary["numbers"]
+    rec = json.loads((work / "irn" / "labels" / "made_by.json").read_text())
+    assert rec["inputs"]["boundary"]["stage"] == "train_irn" and rec["inputs"]["cams"]["stage"] == "make_cam"
+    seg = json.loads((work / "seg" / "checkpoints" / "made_by.json").read_text())
+    assert seg["inputs"]["masks"]["stage"] == "make_irn_labels"  # DeepLab trained on the walk's labels
+    again = run_script_here("run_pipeline.py", *args, check=True).stdout
+    assert all(f"[pipeline] {s}: finished earlier" in again for s in stages.split(","))
+    from wsss.config import load_config
+    from wsss.lock import release_all
+    from wsss.stages import run
+
+    cfg = load_config(CONFIGS / "cam/cam_r18_synthetic.yaml", [*over, "irn.beta=8"])
+    try:
+        with pytest.raises(StaleOutputError, match=r"irn/labels/made_by\.json: .*irn\.beta: 10\.0 -> 8\.0"):
+            run(cfg, "make_irn_labels")
+        run(cfg, "train_irn")  # the walk's keys are not the boundary network's: nothing to redo
+    finally:
+        release_all()

@@ -128,7 +128,7 @@ def test_a_batch_the_ranks_cannot_share_is_refused_before_any_stage_runs(tiny_ro
     work = tmp_path / "odd"
     args = ["--config", str(CONFIGS / "demo/demo_synthetic.yaml"), *tiny_overrides(tiny_root, work, **COMMON),
             "seg.batch_size=5"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29745",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29755",
            str(REPO / "scripts" / "run_pipeline.py"), *args]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300, cwd=REPO)
     assert out.returncode != 0

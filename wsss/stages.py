@@ -117,11 +117,11 @@ def visualize(cfg: Config, n: int | None = None, ids: list[str] | None = None) -
 # --------------------------------------------------------------------------
 # what each stage reads
 # --------------------------------------------------------------------------
-def _mask_folder(cfg: Config) -> Path:
-    mask_dir = Path(cfg.seg.mask_dir)
-    if not mask_dir.is_absolute() and len(mask_dir.parts) == 1:  # a bare name lies under data.root (VOCLayout.mask)
-        mask_dir = Path(cfg.data.root) / mask_dir
-    return mask_dir
+def _mask_folder(cfg: Config, mask_dir: str) -> Path:
+    p = Path(mask_dir)
+    if not p.is_absolute() and len(p.parts) == 1:  # a bare name lies under data.root (VOCLayout.mask)
+        p = Path(cfg.data.root) / p
+    return p
 
 
 def _train_seg_also(cfg: Config) -> str:
@@ -188,7 +188,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           Outputs(folder=layout.irn_checkpoints, files="*.pth", whole=True,
                   logs=lambda cfg: [layout.tensorboard(cfg, "tb_irn")], metrics=lambda cfg: ["train_irn_*"]),
           excludes=(*IRN_WALK_KEYS, "irn.eval_split"),
-          inputs=lambda cfg: {"masks": records.folder_input(cfg, cfg.irn.mask_dir, STAGES["make_pseudo"])},
+          inputs=lambda cfg: {"masks": records.folder_input(cfg, _mask_folder(cfg, cfg.irn.mask_dir), STAGES["make_pseudo"])},
           what="IRN checkpoints", redo_hint="redo it with train_irn.py --no-resume", training=True,
           phases="wsss.irn.training:irn_phases"),
     Stage("make_irn_labels", "wsss.irn.training:make_irn_labels_stage",
@@ -205,7 +205,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           Outputs(folder=layout.seg_checkpoints, files="*.pth", whole=True,
                   logs=lambda cfg: [layout.tensorboard(cfg, "tb_seg")], metrics=lambda cfg: ["train_seg_*"]),
           excludes=SEG_EVAL_KEYS,
-          inputs=lambda cfg: {"masks": records.folder_input(cfg, _mask_folder(cfg), STAGES["make_pseudo"],
+          inputs=lambda cfg: {"masks": records.folder_input(cfg, _mask_folder(cfg, cfg.seg.mask_dir), STAGES["make_pseudo"],
                                                             STAGES["make_irn_labels"])},
           what="DeepLab checkpoints", redo_hint="redo it with train_seg.py --no-resume", training=True,
           phases="wsss.seg.training:seg_phases",
