@@ -59,6 +59,15 @@ def tiny_overrides(root: Path, work_dir: Path, **extra) -> list[str]:
         "cam.workers": 0,
         "cam.scales": [1.0, 0.5],
         "pseudo.workers": 0,
+        # IRN from random weights on 64 px crops (the synthetic configs' start is test_pretrain's)
+        "irn.weights": "none",
+        "irn.batch_size": 4,
+        "irn.workers": 0,
+        "irn.epochs": 1,
+        "irn.radius": 5,
+        "irn.aug.crop_size": 64,
+        "irn.infer_canvas": 64,
+        "irn.log_interval": 2,
         "runtime.progress": False,
         "runtime.tensorboard": False,
     }

@@ -67,10 +67,12 @@ def test_every_key_is_recorded_or_harmless(tiny_cfg):
 
 @pytest.mark.parametrize("key,value,stages", [
     ("train.lr", 0.07, {"train_cam"}),
-    ("seed", 5, {"train_cam", "train_seg"}),
+    ("seed", 5, {"train_cam", "train_irn", "train_seg"}),
     ("ppl.cam_source", "full", {"train_cam", "make_cam"}),
     ("cam.scales", [1.0], {"make_cam"}),
-    ("runtime.amp", "bf16", {"train_cam", "make_cam", "train_seg"}),
+    ("runtime.amp", "bf16", {"train_cam", "make_cam", "train_irn", "make_irn_labels", "train_seg"}),
+    ("irn.beta", 8.0, {"make_irn_labels"}),
+    ("irn.radius", 7, {"train_irn"}),
     ("eval_cam.threshold_step", 0.02, {"eval_cam"}),
     ("pseudo.crf_params.gauss_compat", 3.0, {"eval_cam", "make_pseudo"}),
     ("pseudo.fg_thres", 0.4, {"make_pseudo"}),
@@ -99,7 +101,7 @@ def test_extra_phases_make_train_cam_depend_on_the_stages_they_run(tiny_cfg):
 # make_cam: a refusal for every key that changes a CAM value, reuse for every harmless one
 VALUE_KEYS = [
     ("cam.scales", [1.0]), ("cam.flip", False), ("cam.resize_mode", "nearest"), ("cam.dtype", "float16"),
-    ("cam.save_strided", True), ("cam.strided_stride", 8), ("train.aug.mean", [0.5, 0.5, 0.5]),
+    ("cam.save_strided", False), ("cam.strided_stride", 8), ("train.aug.mean", [0.5, 0.5, 0.5]),
     ("train.aug.std", [0.5, 0.5, 0.5]), ("runtime.amp", "bf16"), ("model.output_stride", 8), ("model.stride_mode", "dilation"),
     ("model.backbone", "resnet34"), ("ppl.cam_source", "full"), ("ppl.grids", [4]), ("ppl.split_points", [2]),
     ("ppl.pad_mode", "zeros"), ("gslm.beta", 3.0),

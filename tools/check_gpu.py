@@ -4,7 +4,7 @@ On a CUDA machine, in about ten minutes on one GPU and its CPUs:
 
 1. a small VOC-sized synthetic dataset (20 classes, 500 px long sides) made here;
 2. the pipeline (PPL progressive's three phases -> make_cam -> eval_cam -> make_pseudo ->
-   eval_pseudo -> DeepLab -> eval_seg, ResNet-50 / ResNet-101 from random weights, a few
+   eval_pseudo -> IRN -> DeepLab -> eval_seg, ResNet-50 / ResNet-101 from random weights, a few
    steps each) under ``torchrun --nproc_per_node=1`` with NCCL, bf16 autocast and
    channels_last; and again as two gloo ranks on the one GPU with fp16 and torch.compile;
 3. while they run, the GPU's utilisation (nvidia-smi, every 0.25 s);
@@ -58,13 +58,15 @@ def _config(s: Settings) -> str:
 
 
 def _run_overrides(s: Settings, work: Path) -> list[str]:
-    o = [f"work_dir={work}", "model.weights=none", "seg.weights=none", "pretrain.enabled=false", f"train.max_steps={s.steps}",
+    o = [f"work_dir={work}", "model.weights=none", "seg.weights=none", "irn.weights=none", "pretrain.enabled=false",
+         f"train.max_steps={s.steps}", "irn.batch_size=4", "irn.split=train_aug",
          "ppl.stages=[{split_after: 1, grid: 2, epochs: 1}, {split_after: 2, grid: 2, epochs: 1}, {split_after: 3, grid: 2, epochs: 1}]",
          f"seg.iterations={s.seg_steps}", "seg.batch_size=4", "seg.scales=[1.0]", "seg.test_split=", "train.batch_size=4",
          "runtime.tensorboard=false", "runtime.progress=false", "train.log_interval=2", "seg.log_interval=2",
          "cam.split=train_aug", "pseudo.split=train_aug", "seg.train_split=train_aug"]
     if not s.cuda:
-        o += ["cam.scales=[1.0,0.5]", "train.workers=1", "seg.workers=1", "cam.workers=0", "pseudo.workers=1",
+        o += ["cam.scales=[1.0,0.5]", "train.workers=1", "seg.workers=1", "cam.workers=0", "pseudo.workers=1", "irn.workers=1",
+              "irn.aug.crop_size=128", "irn.infer_canvas=128", "irn.radius=5",
               "runtime.device=cpu", "runtime.threads=1", "seg.iterations=2", "pipeline.visualize_ids=1"]
     return o
 

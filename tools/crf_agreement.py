@@ -274,53 +274,14 @@ def main(argv: list[str] | None = None) -> int:
                          "label_crf": "CRFConfig() (GSLM's: gauss 3/10, bilateral 50/5/10, gt_prob 0.7, 10 iters)",
                          "prob_crf": DEEPLAB, "fg_thres": FG_THRES, "bg_thres": BG_THRES,
                          "pydensecrf2": pydensecrf_version()}, **res}
-    print(render({"kind": "crf_agreement", "command": "(this run)", "data": data}))
+    from tools.published import render_crf_agreement
+
+    print(render_crf_agreement({"kind": "crf_agreement", "command": "(this run)", "data": data}))
     print("met:", res["met"])
     if a.out:
         print(f"wrote {publish_to(a.out, 'crf_agreement', data)}")
     return 0 if all(res["met"].values()) else 1
 
-
-def _r(s: dict, k: str, fmt: str = "{:.6f}") -> str:
-    v = s[k]
-    return " / ".join(fmt.format(v[x]) for x in ("min", "median", "mean"))
-
-
-def render(doc: dict) -> str:
-    """The markdown table docs/crf_torch.md quotes, from a published crf_agreement document."""
-    from wsss.reports import md_table
-    from tools.published import made_on
-
-    d = doc["data"]
-    s, m, st = d["summary"], d["pseudo_mask_miou"], d["settings"]
-    n = s["label_crf_fg_agreement"]["n"]
-    rows = [
-        ["label CRF (make_pseudo's fg map), pixels with the same label", _r(s, "label_crf_fg_agreement")],
-        ["label CRF (make_pseudo's bg map), pixels with the same label", _r(s, "label_crf_bg_agreement")],
-        ["images whose fg and bg maps are bitwise equal", f"{s['images_with_bitwise_equal_label_maps']} of {n}"],
-        ["pseudo mask (combine_fg_bg), pixels with the same label", _r(s, "pseudo_mask_agreement")],
-        ["probability CRF (DeepLab's parameters, 21 classes), same argmax", _r(s, "prob_crf_argmax_agreement")],
-        ["probability CRF, largest probability difference", _r(s, "prob_crf_max_abs_diff", "{:.2g}")],
-        ["probability CRF, share of bitwise-equal probabilities", _r(s, "prob_crf_bitwise_equal_share")],
-    ]
-    if "inexact_label_crf_differing_pixels" in s:
-        rows += [
-            ["exact=False (torch.softmax): label CRF pixels that differ (fg + bg)",
-             _r(s, "inexact_label_crf_differing_pixels", "{:.0f}")],
-            ["exact=False: probability CRF, same argmax", _r(s, "inexact_prob_crf_argmax_agreement")],
-            ["exact=False: largest probability difference", _r(s, "inexact_prob_crf_max_abs_diff", "{:.2g}")],
-            ["exact=False: share of bitwise-equal probabilities", _r(s, "inexact_prob_crf_bitwise_equal_share", "{:.3f}")],
-        ]
-    gap = m["abs_difference_torch_vs_pydensecrf"]
-    miou = (f"{m['pydensecrf']['as_background']:.2f} / {m['pydensecrf']['confident']:.2f}; "
-            f"{m['torch']['as_background']:.2f} / {m['torch']['confident']:.2f} (difference "
-            f"{gap['as_background']:.2f} / {gap['confident']:.2f}); "
-            f"{m['no_crf']['as_background']:.2f} / {m['no_crf']['confident']:.2f}")
-    rows.append(["pseudo-mask mIoU, 255 as background / confident pixels (pydensecrf; torch; no CRF)", miou])
-    head = (f"`{doc['command']}` ({n} synthetic scenes, {st['sizes']} sizes, torch on {st['device']} with "
-            f"{st['threads']} thread(s), pydensecrf2 {st['pydensecrf2']}"
-            + (f"; {made_on(doc)}" if "made_on" in doc else "") + "):\n\n")
-    return head + md_table(["per image: min / median / mean", "torch against pydensecrf"], rows)
 
 
 if __name__ == "__main__":

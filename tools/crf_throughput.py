@@ -173,27 +173,13 @@ def main(argv: list[str] | None = None) -> int:
                                        for k, v in ratios.items()},
         "raw_images_per_s": {k: [round(x, 4) for x in v] for k, v in rates.items()},
     }
-    print(render({"kind": "crf_throughput", "command": "(this run)", "data": data}))
+    from tools.published import render_crf_throughput
+
+    print(render_crf_throughput({"kind": "crf_throughput", "command": "(this run)", "data": data}))
     if a.out:
         print(f"wrote {publish_to(a.out, 'crf_throughput', data)}")
     return 0
 
-
-def render(doc: dict) -> str:
-    """The markdown table docs/crf_torch.md quotes, from a published crf_throughput document."""
-    from wsss.reports import md_table
-    from tools.published import made_on
-
-    d = doc["data"]
-    st, r, q = d["settings"], d["images_per_s"], d["ratio_to_pydensecrf_1_proc"]
-    rows = [[k, f"{r[k]['median']:.3f} ({r[k]['min']:.3f}-{r[k]['max']:.3f})",
-             f"{q[k]['median']:.2f} ({q[k]['min']:.2f}-{q[k]['max']:.2f})"] for k in r]
-    lb, la = st["load_average_before"], st["load_average_after"]
-    head = (f"`{doc['command']}` ({st['images']} images x {st['repeats']} interleaved repeats; {st['work']}; "
-            f"OMP_WAIT_POLICY {st['omp_wait_policy']}; load average {lb[0]:.1f} before, {la[0]:.1f} after"
-            + (f"; {made_on(doc)}" if "made_on" in doc else "") + "):\n\n")
-    return head + md_table(["configuration", "images/s: median (range)", "ratio to pydensecrf, 1 proc: median (range)"],
-                           rows)
 
 
 if __name__ == "__main__":

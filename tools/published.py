@@ -202,15 +202,9 @@ RENDERERS = {
     "gslm_rounds": lambda d: render_gslm_rounds(d["compare"]),
     "benchmark": lambda d: render_benchmark(d["benchmark"]),
     "benchmark_reference": lambda d: render_benchmark_reference(d["benchmark_reference"]),
-    "crf_agreement": lambda d: _crf_render("crf_agreement", d),
-    "crf_throughput": lambda d: _crf_render("crf_throughput", d),
+    "crf_agreement": lambda d: render_crf_agreement(d["crf_agreement"]),
+    "crf_throughput": lambda d: render_crf_throughput(d["crf_throughput"]),
 }
-
-
-def _crf_render(name: str, docs: dict) -> str:
-    from tools import crf_agreement, crf_throughput
-
-    return {"crf_agreement": crf_agreement.render, "crf_throughput": crf_throughput.render}[name](docs[name])
 
 
 def load_published(results_dir: Path = RESULTS_DIR) -> dict:
@@ -411,3 +405,59 @@ def _profile_tables(prof: dict) -> str:
 def render_benchmark_reference(doc: dict) -> str:
     return (f"`{doc['command']}` ({made_on(doc)}), which also writes `work_dirs/benchmark_reference/"
             f"benchmark_reference.{{json,md}}`:\n\n{placeholder(doc)}{render_reference_tables(doc['data'])}\n")
+
+
+# --------------------------------------------------------------------------
+# the torch CRF against pydensecrf (scripts/crf_agreement.py, crf_throughput.py)
+# --------------------------------------------------------------------------
+def _crf_r(s: dict, k: str, fmt: str = "{:.6f}") -> str:
+    v = s[k]
+    return " / ".join(fmt.format(v[x]) for x in ("min", "median", "mean"))
+
+
+def render_crf_agreement(doc: dict) -> str:
+    """The markdown table docs/crf_torch.md quotes, from a published crf_agreement document."""
+    d = doc["data"]
+    s, m, st = d["summary"], d["pseudo_mask_miou"], d["settings"]
+    n = s["label_crf_fg_agreement"]["n"]
+    rows = [
+        ["label CRF (make_pseudo's fg map), pixels with the same label", _crf_r(s, "label_crf_fg_agreement")],
+        ["label CRF (make_pseudo's bg map), pixels with the same label", _crf_r(s, "label_crf_bg_agreement")],
+        ["images whose fg and bg maps are bitwise equal", f"{s['images_with_bitwise_equal_label_maps']} of {n}"],
+        ["pseudo mask (combine_fg_bg), pixels with the same label", _crf_r(s, "pseudo_mask_agreement")],
+        ["probability CRF (DeepLab's parameters, 21 classes), same argmax", _crf_r(s, "prob_crf_argmax_agreement")],
+        ["probability CRF, largest probability difference", _crf_r(s, "prob_crf_max_abs_diff", "{:.2g}")],
+        ["probability CRF, share of bitwise-equal probabilities", _crf_r(s, "prob_crf_bitwise_equal_share")],
+    ]
+    if "inexact_label_crf_differing_pixels" in s:
+        rows += [
+            ["exact=False (torch.softmax): label CRF pixels that differ (fg + bg)",
+             _crf_r(s, "inexact_label_crf_differing_pixels", "{:.0f}")],
+            ["exact=False: probability CRF, same argmax", _crf_r(s, "inexact_prob_crf_argmax_agreement")],
+            ["exact=False: largest probability difference", _crf_r(s, "inexact_prob_crf_max_abs_diff", "{:.2g}")],
+            ["exact=False: share of bitwise-equal probabilities", _crf_r(s, "inexact_prob_crf_bitwise_equal_share", "{:.3f}")],
+        ]
+    gap = m["abs_difference_torch_vs_pydensecrf"]
+    miou = (f"{m['pydensecrf']['as_background']:.2f} / {m['pydensecrf']['confident']:.2f}; "
+            f"{m['torch']['as_background']:.2f} / {m['torch']['confident']:.2f} (difference "
+            f"{gap['as_background']:.2f} / {gap['confident']:.2f}); "
+            f"{m['no_crf']['as_background']:.2f} / {m['no_crf']['confident']:.2f}")
+    rows.append(["pseudo-mask mIoU, 255 as background / confident pixels (pydensecrf; torch; no CRF)", miou])
+    head = (f"`{doc['command']}` ({n} synthetic scenes, {st['sizes']} sizes, torch on {st['device']} with "
+            f"{st['threads']} thread(s), pydensecrf2 {st['pydensecrf2']}"
+            + (f"; {made_on(doc)}" if "made_on" in doc else "") + "):\n\n")
+    return head + md_table(["per image: min / median / mean", "torch against pydensecrf"], rows)
+
+
+def render_crf_throughput(doc: dict) -> str:
+    """The markdown table docs/crf_torch.md quotes, from a published crf_throughput document."""
+    d = doc["data"]
+    st, r, q = d["settings"], d["images_per_s"], d["ratio_to_pydensecrf_1_proc"]
+    rows = [[k, f"{r[k]['median']:.3f} ({r[k]['min']:.3f}-{r[k]['max']:.3f})",
+             f"{q[k]['median']:.2f} ({q[k]['min']:.2f}-{q[k]['max']:.2f})"] for k in r]
+    lb, la = st["load_average_before"], st["load_average_after"]
+    head = (f"`{doc['command']}` ({st['images']} images x {st['repeats']} interleaved repeats; {st['work']}; "
+            f"OMP_WAIT_POLICY {st['omp_wait_policy']}; load average {lb[0]:.1f} before, {la[0]:.1f} after"
+            + (f"; {made_on(doc)}" if "made_on" in doc else "") + "):\n\n")
+    return head + md_table(["configuration", "images/s: median (range)", "ratio to pydensecrf, 1 proc: median (range)"],
+                           rows)
