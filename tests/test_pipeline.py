@@ -42,7 +42,7 @@ def test_pipeline_interrupted_resumed_skipped_and_summarised(tiny_root, tmp_path
     out = _run(_cmd(tiny_root, work))
     assert re.search(r"\[pipeline\] train_cam: finished earlier", out)
     assert f"({24 - done_before} computed on rank 0" in out
-    for stage in ("make_cam", "eval_cam", "make_pseudo", "eval_pseudo", "train_seg", "eval_seg"):
+    for stage in ("make_cam", "eval_cam", "make_pseudo", "eval_pseudo", "train_irn", "make_irn_labels", "eval_irn", "train_seg", "eval_seg"):
         assert (work / "pipeline" / f"{stage}.json").is_file(), stage
 
     # the summary holds the numbers the stages printed and saved
@@ -55,7 +55,8 @@ def test_pipeline_interrupted_resumed_skipped_and_summarised(tiny_root, tmp_path
     assert n["pseudo_miou_255_as_bg"] == pseudo["miou_255_as_background"]
     assert n["pseudo_miou_confident"] == pseudo["miou_confident_pixels"]
     assert n["seg_miou"] == seg["miou"]
-    assert set(summary["seconds"]) == {"train_cam", "make_cam", "eval_cam", "make_pseudo", "eval_pseudo", "train_seg", "eval_seg"}
+    assert set(summary["seconds"]) == {"train_cam", "make_cam", "eval_cam", "make_pseudo", "eval_pseudo",
+                                       "train_irn", "make_irn_labels", "eval_irn", "train_seg", "eval_seg"}
     md = (work / "metrics" / "summary.md").read_text()
     assert f"| CAM mIoU (best threshold) | {cam['miou'] * 100:.2f} @ {cam['best_threshold']:.2f} |" in md
     assert f"| segmentation mIoU (val) | {seg['miou'] * 100:.2f} |" in md
@@ -66,7 +67,7 @@ def test_pipeline_interrupted_resumed_skipped_and_summarised(tiny_root, tmp_path
 
     # 3) a rerun skips every stage; --force redoes the named one only (both in this process)
     out = run_script_here(*_cmd(tiny_root, work)[1:], check=True).stdout
-    assert out.count("finished earlier") == 7
+    assert out.count("finished earlier") == 10
     out = run_script_here(*_cmd(tiny_root, work, "--force", "eval_cam", "--stages", "eval_cam,eval_pseudo")[1:], check=True).stdout
     assert "[pipeline] eval_cam ..." in out and "eval_pseudo: finished earlier" in out
 
@@ -171,7 +172,8 @@ def test_readme_ablation_sequence_never_reports_old_numbers(tiny_root, tmp_path,
     proc = _script_here(tiny_root, a, "cam.scales=[1.0]", "--redo-from", "make_cam", "--stages", "make_cam,eval_cam")
     out = proc.stdout
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "--redo-from make_cam: removed what make_cam, eval_cam, make_pseudo, eval_pseudo, train_seg, eval_seg had made" in out
+    assert ("--redo-from make_cam: removed what make_cam, eval_cam, make_pseudo, eval_pseudo, train_irn, make_irn_labels, "
+            "eval_irn, train_seg, eval_seg had made") in out
     assert "(12 computed on rank 0" in out and (a / "checkpoints" / "final.pth").stat().st_mtime_ns == weights
     s6 = _read(a / "metrics" / "summary.json")
     assert s6["seconds"]["train_cam"] == s["seconds"]["train_cam"]
