@@ -45,3 +45,7 @@ class PPLConfig:
     # yes: every stage has its own poly schedule from its own lr; no: one poly decay
     # spans all stages (each stage continues where the previous one stopped)
     restart_schedule: bool = True
+    # a control of the synthetic bench (docs/synthetic_bench.md): "permuted" merges every
+    # patch's output at the next patch's cells (cyclically), so the patch features land in
+    # the wrong places; a gain that survives it does not come from where the patches are
+    merge_positions: Literal["identity", "permuted"] = "identity"

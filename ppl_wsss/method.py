@@ -28,7 +28,7 @@ def build_ppl_explicit(cfg) -> PPLNet:
         raise ConfigError(f"ppl.grids: one grid per split point ({len(p.split_points)}), got {len(p.grids)}")
     return PPLNet(build_backbone(cfg), cfg.data.num_classes, cfg.model.detach_stage, p.split_points, p.grids,
                   explicit=True, cam_source=p.cam_source, pad_mode=p.pad_mode,
-                  detach_below_split=p.detach_below_split)
+                  detach_below_split=p.detach_below_split, merge_positions=p.merge_positions)
 
 
 def progressive_phases(cfg) -> list:
@@ -54,6 +54,6 @@ def build_ppl_progressive(cfg) -> PPLNet:
     stages = _check_stages(cfg)
     model = PPLNet(build_backbone(cfg), cfg.data.num_classes, cfg.model.detach_stage, [s.split_after for s in stages],
                    [s.grid for s in stages], explicit=False, cam_source=cfg.ppl.cam_source, pad_mode=cfg.ppl.pad_mode,
-                   detach_below_split=cfg.ppl.detach_below_split)
+                   detach_below_split=cfg.ppl.detach_below_split, merge_positions=cfg.ppl.merge_positions)
     model.set_stage(len(stages) - 1)  # inference uses the last stage's configuration
     return model

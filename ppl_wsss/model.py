@@ -55,7 +55,7 @@ def running_stats_only(modules: list[nn.Module]):
 class PPLNet(CAMModel):
     def __init__(self, backbone: ResNetBackbone, num_classes: int, detach_stage: int, split_points: list[int],
                  grids: list[int], explicit: bool, cam_source: str = "concat", pad_mode: str = "replicate",
-                 detach_below_split: bool = True):
+                 detach_below_split: bool = True, merge_positions: str = "identity"):
         # stages are frozen per split point (set_detach), not once for the whole model
         super().__init__(backbone, 0)
         if not split_points:
@@ -71,7 +71,10 @@ class PPLNet(CAMModel):
         self.explicit = explicit
         self.split_points = list(split_points)
         self.grids = list(grids)
+        if merge_positions not in ("identity", "permuted"):
+            raise ValueError(f"ppl.merge_positions must be identity or permuted, got {merge_positions!r}")
         self.cam_source = cam_source
+        self.merge_positions = merge_positions
         self.pad_mode = pad_mode
         self.base_detach_stage = detach_stage
         self.detach_below_split = detach_below_split
@@ -132,6 +135,9 @@ class PPLNet(CAMModel):
         patches, info = split_patches(feat, grid, self.pad_mode, stride=self.remaining_stride(k))
         with running_stats_only(self.backbone.stages[k:]):
             out = self.run_stages(patches, k)
+        if self.merge_positions == "permuted" and grid > 1:
+            # the control: patch i's output goes to patch i+1's cells (patches are grid-major, then batch)
+            out = out.reshape(grid * grid, -1, *out.shape[1:]).roll(1, dims=0).reshape(out.shape)
         return merge_patches(out, info, out_size)
 
     def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -33,6 +33,9 @@ def main() -> None:
                    help="parts in two palette colours (default) or one hue in two shades")
     p.add_argument("--decoys", type=int, default=None,
                    help="up to this many objects of no class per image (background; needs --part-colours one_hue)")
+    p.add_argument("--shared-body", type=float, default=None,
+                   help="the probability that a class body is of the shared family, not its class's (default 1: no class signal)")
+    p.add_argument("--supersample", type=int, default=None, help="draw at this many times the size and box-filter down (default 1)")
     p.add_argument("--coco", action="store_true", help="also write a COCO-style copy under <root>/coco")
     p.add_argument("--force", action="store_true", help="write into an existing folder")
     a = p.parse_args()
@@ -49,7 +52,9 @@ def main() -> None:
                   width_range=a.width_range or s.width_range, height_range=a.height_range or s.height_range,
                   voc_sizes=a.voc_sizes or s.voc_sizes, scene=a.scene or s.scene,
                   part_colours=a.part_colours or s.part_colours,
-                  decoys=s.decoys if a.decoys is None else a.decoys)
+                  decoys=s.decoys if a.decoys is None else a.decoys,
+                  shared_body=s.shared_body if a.shared_body is None else a.shared_body,
+                  supersample=s.supersample if a.supersample is None else a.supersample)
     else:
         if not a.root:
             p.error("give --root or --config")
@@ -57,7 +62,8 @@ def main() -> None:
         kw = dict(seed=a.seed, image_size=a.image_size, num_train=a.num_train, num_aug=a.num_aug, num_val=a.num_val,
                   num_test=a.num_test, num_classes=a.num_classes, write_coco=a.coco,
                   width_range=a.width_range, height_range=a.height_range, voc_sizes=a.voc_sizes,
-                  scene=a.scene or "round", part_colours=a.part_colours or "pairs", decoys=a.decoys or 0)
+                  scene=a.scene or "round", part_colours=a.part_colours or "pairs", decoys=a.decoys or 0,
+                  shared_body=1.0 if a.shared_body is None else a.shared_body, supersample=a.supersample or 1)
     if (Path(root) / "cls_labels.json").is_file() and not a.force:
         print(f"{root} already holds a dataset (use --force to overwrite)", file=sys.stderr)
         raise SystemExit(1)

@@ -199,3 +199,97 @@ def test_control_checks_compare_like_with_like():
     assert c["ppl_full_path_cam_minus_concat"] == pytest.approx(0.02)
     assert control_checks(runs, controls, seed=1)["ppl_full_path_cam_minus_concat"] == pytest.approx(-0.04)
     assert "ppl_full_path_cam_minus_concat" not in control_checks({}, controls)
+
+
+def test_shuffled_targets_come_from_another_image_with_this_images_classes(tiny_root, tmp_path):
+    """The shuffled-targets control: every training image gets another image's ground truth (no
+    image its own), at its own size, its foreground renamed to its own classes; val keeps its own."""
+    from tools.graded import write_shuffled_masks
+    from wsss.data.voc import VOCLayout
+    from wsss.fileio import read_mask
+
+    out = write_shuffled_masks(tiny_root, tmp_path / "shuffled")
+    L = VOCLayout(tiny_root)
+    ids = L.read_split("train_aug")
+    gts = {i: read_mask(L.mask(i, "SegmentationClassAug")) for i in ids}
+    same = 0
+    for i in ids:
+        m = read_mask(out / f"{i}.png")
+        own = gts[i]
+        assert m.shape == own.shape
+        assert set(np.unique(m)) - {0, 255} <= set(np.unique(own)) - {0, 255}  # this image's classes only
+        donors = [j for j in ids if j != i and gts[j].shape == m.shape and np.array_equal(gts[j] > 0, m > 0)]
+        assert donors, i  # the foreground is another image's
+        same += int(np.array_equal(m > 0, own > 0))
+    assert same == 0
+    for i in L.read_split("val"):
+        assert np.array_equal(read_mask(out / f"{i}.png"), read_mask(L.mask(i, "SegmentationClassAug")))
+    assert write_shuffled_masks(tiny_root, tmp_path / "shuffled") == out  # made once
+
+
+def test_part_gate_between_chance_and_the_part():
+    from tools.graded import part_gate
+
+    rel = {"per_class": {"a": {"images": 9, "with_part": 0.95, "part_erased": 0.40, "absent": 0.05},  # the body helps, the part names it
+                         "b": {"images": 9, "with_part": 0.95, "part_erased": 0.03, "absent": 0.06},  # no body signal: fine
+                         "c": {"images": 9, "with_part": 0.64, "part_erased": 0.62, "absent": 0.20},  # part not learnt
+                         "d": {"images": 0, "with_part": None, "part_erased": None, "absent": 0.1}}}
+    g = part_gate(rel)
+    assert [g["per_class"][c]["ok"] for c in "abcd"] == [True, True, False, False] and not g["ok"]
+
+
+def _level(signal, gains, controls=None, base_std=0.005):
+    ms = lambda v: {"mean": v[0], "std": v[1], "n": 3}  # noqa: E731
+    return {"signal": signal, "arms": {BASELINE: {"splits": {"val": {"cam_miou": {"mean": 0.45, "std": base_std, "n": 3}}}, "gains": {}},
+                                       "GSLM": {"gains": {"val:cam_miou": ms(gains), "train:reference": ms(gains),
+                                                          "train:pseudo_miou_255_as_bg": ms(gains),
+                                                          "train:pseudo_miou_confident": ms(gains)}}},
+            "controls": {name: {"gains": {"val:cam_miou": v}} for name, v in (controls or {}).items()}}
+
+
+def test_dose_response_needs_a_slope_beyond_noise_and_flat_broken_controls():
+    from tools.graded import dose_response
+
+    flat = dose_response([_level(0.0, (0.01, 0.005)), _level(0.5, (0.012, 0.005)), _level(1.0, (0.011, 0.005))])
+    assert not flat["GSLM"]["works"] and "does not grow" in flat["GSLM"]["why"]
+    rising = [_level(0.0, (0.0, 0.005), {"GSLM, sr_weight 0": 0.0}), _level(0.5, (0.02, 0.005), {"GSLM, sr_weight 0": 0.001}),
+              _level(1.0, (0.05, 0.005), {"GSLM, sr_weight 0": 0.002})]
+    v = dose_response(rising)["GSLM"]
+    assert v["works"] and v["measures"]["val:cam_miou"]["difference"] == pytest.approx(0.05)
+    assert v["measures"]["val:cam_miou"]["noise"] == pytest.approx(2 * np.sqrt(2) * 0.005)
+    # a broken control that rises as much: the slope is not the method's
+    for lv, g in zip(rising, (0.0, 0.02, 0.04)):
+        lv["controls"]["GSLM, shuffled ground-truth SR targets"] = {"gains": {"val:cam_miou": g}}
+    v = dose_response(rising)["GSLM"]
+    assert not v["works"] and "shuffled" in v["why"]
+    # noisy seeds: the same rise within twice the noise is no slope
+    noisy = [_level(0.0, (0.0, 0.03)), _level(1.0, (0.05, 0.03))]
+    assert not dose_response(noisy)["GSLM"]["works"]
+
+
+def test_graded_bench_file_levels_and_names(tmp_path):
+    """The graded bench file: its levels set shared_body (1.0 the negative control) and a data
+    root each; its arms and controls are known names; every level's run configs resolve."""
+    from tools.compare import CONTROLS
+    from tools.graded import level_signal
+
+    bench = load_bench_file(REPO / "configs" / "bench" / "graded.yaml")
+    assert [level_signal(v) for v in bench["levels"].values()] == [0.0, 0.5, 0.75]
+    roots = {next(o for o in v if o.startswith("data.root=")) for v in bench["levels"].values()}
+    assert len(roots) == len(bench["levels"])
+    assert set(bench["controls"]) <= {c.name for c in CONTROLS} and set(bench["arms"]) <= set(ARMS)
+    for name, over in bench["levels"].items():
+        b = Bench(out=tmp_path, overrides=[*bench["overrides"], *over], arm_overrides=bench["arm_overrides"])
+        for arm in bench["arms"]:
+            cfg = load_config(str(REPO / ARMS[arm]), arm_overrides(b, arm, None))
+            assert cfg.data.synthetic.shared_body == 1.0 - level_signal(over)
+        assert cfg.data.synthetic.supersample == 4
+    gslm = load_config(str(REPO / ARMS["GSLM"]), arm_overrides(b, "GSLM", None))
+    # the SLM rule: lr x steps per round = 2% of the GLM's (VOC's proportion), 3 rounds
+    assert gslm.gslm.rounds == 3 and gslm.gslm.lr * gslm.gslm.epochs == pytest.approx(0.02 * gslm.train.lr * gslm.train.epochs)
+    bad = tmp_path / "b.yaml"
+    for text, match in [("levels: [a]\n", "levels: a mapping"), ("levels: {a: [x]}\n", r"levels.a: a list of KEY=VALUE"),
+                        ("controls: [nope]\n", r"controls: unknown name\(s\) \['nope'\]"), ("arms: [GSML]\n", r"arms: unknown name")]:
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            load_bench_file(bad)

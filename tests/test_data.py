@@ -425,3 +425,72 @@ def test_voc_sizes_and_the_square_default(tmp_path):
         xml = (tmp_path / "V" / "Annotations" / f"{image_id}.xml").read_text()
         assert f"<width>{w}</width><height>{h}</height>" in xml
     assert summary["image_size"] == "varied"
+
+
+def test_graded_bodies_change_the_motif_alone():
+    """data.synthetic.shared_body: at 1 the scenes of before, bit for bit; below 1 the same
+    objects, parts and decoys, with a share of the class bodies in their class's own motif (the
+    choice from a stream of its own); decoys keep the shared family; every class has a family of
+    its own; a level outside [0, 1] is refused."""
+    from wsss.data.synthetic import SHARED_BODY, body_family, class_styles, draw_scene, render_scene
+
+    styles = class_styles(5, "one_hue")
+    assert len({body_family(c, 5) for c in range(5)}) == 5 and SHARED_BODY not in {body_family(c, 5) for c in range(5)}
+    assert body_family(7, 10).endswith("_coarse") and len({body_family(c, 10) for c in range(10)}) == 10
+
+    def draw(q, seed=5):
+        rng, fam = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+        return [draw_scene(rng, 96, styles, scene="elongated", decoys=2, shared_body=q, family_rng=fam) for _ in range(12)]
+
+    before = [render_scene(np.random.default_rng(5), 96, styles, scene="elongated", decoys=2)]
+    one, half, zero = draw(1.0), draw(0.5), draw(0.0)
+    assert all(np.array_equal(a, b) for a, b in zip(before[0], (one[0].img, one[0].label, one[0].parts)))
+    own = []
+    for a, b, c in zip(one, half, zero):
+        for x in (b, c):
+            assert np.array_equal(a.label, x.label) and np.array_equal(a.parts, x.parts) and np.array_equal(a.decoys, x.decoys)
+            # pixels outside the class bodies (background, decoys, parts) are the same
+            body = (a.label > 0) & (a.parts == 0)
+            assert np.array_equal(a.img[~body], x.img[~body])
+        assert set(a.families) == {SHARED_BODY} and all(f == body_family(i.cls, 5) for f, i in zip(c.families, c.instances))
+        own += [f != SHARED_BODY for f in b.families]
+        differs = [not np.array_equal(a.img[i.mask & (a.parts == 0) & (a.label == i.cls + 1)], b.img[i.mask & (a.parts == 0) & (a.label == i.cls + 1)])
+                   for i in b.instances]
+        assert [f != SHARED_BODY for f in b.families] == differs
+    assert 0.25 < np.mean(own) < 0.75, own
+    with pytest.raises(ValueError, match=r"shared_body must be in \[0, 1\]"):
+        draw_scene(np.random.default_rng(0), 96, styles, shared_body=1.5, family_rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="needs a family_rng"):
+        draw_scene(np.random.default_rng(0), 96, styles, shared_body=0.5)
+
+
+def test_graded_root_records_its_level_and_marks_decoys(tmp_path, tiny_cfg):
+    """A root records shared_body (another level is refused by name) and, with decoys, holds
+    DecoyMasks (1 a decoy's visible body, 2 its part, background in the ground truth); a
+    level outside [0, 1] is a one-line error naming the key."""
+    from wsss.data.synthetic import ensure_synthetic
+    from wsss.errors import ConfigError
+    from wsss.fileio import DataError
+
+    root = tmp_path / "g" / "VOC2012"
+    s = generate_synthetic_voc(root, seed=2, image_size=64, num_train=6, num_aug=2, num_val=3, num_test=1, num_classes=3,
+                               scene="elongated", part_colours="one_hue", decoys=2, shared_body=0.0)
+    assert s["bodies_of_their_class_family"] == 1.0
+    assert json.loads((root / "synthetic.json").read_text())["shared_body"] == 0.0
+    L = VOCLayout(root)
+    marked = 0
+    for image_id in L.read_split("train_aug") + L.read_split("val"):
+        d = read_mask(L.decoy_dir / f"{image_id}.png", 2)
+        gt = read_mask(L.mask(image_id, "SegmentationClassAug"), 3)
+        assert not ((d > 0) & (gt > 0)).any()  # decoys are background where they show
+        marked += int((d == 1).sum() > 0)
+    assert marked > 0
+    assert not (tmp_path / "plain").exists()
+    generate_synthetic_voc(tmp_path / "plain", seed=2, image_size=48, num_train=2, num_aug=0, num_val=1, num_test=1, num_classes=2)
+    assert not (tmp_path / "plain" / "DecoyMasks").exists()
+    cfg = tiny_cfg(**{"data.synthetic.shared_body": 0.5})
+    with pytest.raises(DataError, match=r"other data.synthetic settings .*\(shared_body\)"):
+        ensure_synthetic(cfg)
+    cfg = tiny_cfg(**{"data.synthetic.shared_body": 2.0})
+    with pytest.raises(ConfigError, match=r"^data.synthetic.shared_body: a probability in \[0, 1\], got 2.0$"):
+        ensure_synthetic(cfg)

@@ -129,29 +129,62 @@ def test_vectorised_loss_equals_the_per_image_per_class_loop():
 
 
 @pytest.mark.slow
-def test_ground_truth_sr_targets_control(tiny_root, tmp_path):
-    """The bench's control, on tiny data: from the same GLM, one SLM round with ground-truth
-    masks as SR targets raises the CAM mIoU by >= 5 points and beats the same round with
-    sr_weight 0; shifted ground-truth masks (right classes, wrong places) do not beat it."""
-    from conftest import CONFIGS, run_script_here, tiny_overrides
-    from tools.compare import write_shifted_masks
+def test_ground_truth_sr_targets_control(tmp_path):
+    """The bench's SR-target controls, scored on val (images no run trained on): from one GLM,
+    one SLM round with the ground-truth masks as SR targets raises the val CAM mIoU well above
+    the GLM's, above the same round without seed reactivation (sr_weight 0), and above the same
+    round with the ground truth of *other* images (shuffled between images: the right classes,
+    object-like shapes, the wrong places). So what the right targets add is where they put the
+    objects, and it carries to new images; the shuffled targets' round is no better than the
+    round without seed reactivation.
 
-    shifted = write_shifted_masks(tiny_root, tmp_path / "shifted")
-    common = {"gslm.rounds": 1, "gslm.epochs": 6, "gslm.lr": 0.01, "train.epochs": 2, "train.lr": 0.05,
-              "train.momentum": 0.9, "train.head_lr_mult": 1.0}
-    results = {}
-    for name, extra in (("gt", {"gslm.target_masks": "SegmentationClassAug"}), ("shifted", {"gslm.target_masks": str(shifted)}),
+    (It used to score the rounds on the images they trained on, with rolled masks as the
+    wrong targets: on 12 training images the rolled masks beat sr_weight 0 on one kind of
+    CPU and not on another, by chance.)"""
+    import yaml
+
+    from conftest import CONFIGS, run_script_here, tiny_overrides
+    from tools.graded import write_shuffled_masks
+    from wsss.cam.evaluate import evaluate_cams
+    from wsss.cam.make import make_cams
+    from wsss.cam.training import load_cam_model
+    from wsss.config import load_config
+    from wsss.data.synthetic import generate_synthetic_voc
+
+    sizes = dict(seed=4, image_size=64, num_train=16, num_aug=32, num_val=24, num_test=1, num_classes=3)
+    root = tmp_path / "data" / "VOC2012"
+    generate_synthetic_voc(root, **sizes)
+    data = {"data.root": str(root), **{f"data.synthetic.{k}": v for k, v in sizes.items()}}
+    common = {**data, "train.epochs": 3, "train.lr": 0.05, "train.momentum": 0.9, "train.head_lr_mult": 1.0}
+
+    def overrides(work, **extra):
+        return [o for o in tiny_overrides(root, work, **{**common, **extra}) if not o.startswith("data.synthetic.")] + \
+            [f"data.synthetic.{k}={yaml.safe_dump(v).strip().removesuffix('...').strip()}" for k, v in sizes.items()]
+
+    glm = tmp_path / "glm"
+    cam_config = str(CONFIGS / "cam/cam_r18_synthetic.yaml")
+    run_script_here("train_cam.py", "--config", cam_config, *overrides(glm), check=True)
+    shuffled = write_shuffled_masks(root, tmp_path / "shuffled")
+
+    def val_miou(config, work):
+        cfg = load_config(config, overrides(work))
+        model = load_cam_model(cfg, work / "checkpoints" / "final.pth")
+        make_cams(cfg, model, torch.device("cpu"), split="val", out_dir=work / "val_cams", progress=False)
+        return evaluate_cams(cfg, split="val", cam_dir=work / "val_cams", save=False, verbose=False)["miou"]
+
+    results = {"GLM": val_miou(cam_config, glm)}
+    gslm_config = str(CONFIGS / "gslm/gslm_r18_synthetic.yaml")
+    rounds = {"gslm.rounds": 1, "gslm.epochs": 6, "gslm.lr": 0.01, "gslm.evaluate": False, "train.epochs": 0,
+              "train.init_checkpoint": str(glm / "checkpoints" / "final.pth")}
+    for name, extra in (("gt", {"gslm.target_masks": "SegmentationClassAug"}), ("shuffled", {"gslm.target_masks": str(shuffled)}),
                         ("sr0", {"gslm.sr_weight": 0.0})):
-        work = tmp_path / name  # the same seed: the same GLM in every run (checked below)
-        run_script_here("train_cam.py", "--config", str(CONFIGS / "gslm/gslm_r18_synthetic.yaml"),
-                        *tiny_overrides(tiny_root, work, **{**common, **extra}), check=True)
-        rounds = json.loads((work / "metrics" / "gslm_rounds.json").read_text())["rounds"]
-        results[name] = (rounds[0]["cam_miou_best"], rounds[1]["cam_miou_best"])
-    assert len({r[0] for r in results.values()}) == 1, results  # one GLM
-    glm_miou = results["gt"][0]
-    assert results["gt"][1] - glm_miou >= 0.05, results
-    assert results["gt"][1] > results["sr0"][1], results
-    assert results["shifted"][1] <= results["sr0"][1] + 0.01, results
+        work = tmp_path / name
+        run_script_here("train_cam.py", "--config", gslm_config, *overrides(work, **{**rounds, **extra}), check=True)
+        results[name] = val_miou(gslm_config, work)
+    # measured on an Intel Xeon: GLM 28.6, ground truth 51.7, sr_weight 0 43.7, shuffled 40.6
+    assert results["gt"] - results["GLM"] >= 0.05, results
+    assert results["gt"] - max(results["sr0"], results["shuffled"]) >= 0.03, results
+    assert results["shuffled"] <= results["sr0"] + 0.02, results
 
 
 def test_gslm_from_a_finished_cam_run_equals_gslm_training_its_glm(tiny_root, tmp_path):

@@ -91,3 +91,26 @@ def test_part_body_coverage_by_hand():
     assert c30["per_class"]["aeroplane"] == {"part": 1.0, "body": 0.5, "background_fp": 0.25}
     c50 = coverage(at50, ["aeroplane"])
     assert (c50["part"], c50["body"], c50["background_fp"]) == (1.0, 0.0, 0.0)
+
+
+def test_coverage_with_decoy_regions_by_hand():
+    """With the data's decoy masks the background splits into plain background, decoy bodies
+    and decoy parts: background FP stays the share of every background pixel, decoy body FP is
+    the decoy bodies' own, and the part coverage counts class parts only."""
+    from wsss.metrics import ThresholdSweep, coverage, region_map, region_rows
+
+    gt = np.array([[0, 0, 1, 1, 1, 0, 0, 0, 0, 0]])
+    parts = np.array([[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]])
+    decoys = np.array([[0, 0, 0, 0, 0, 1, 1, 1, 2, 0]])
+    cam = np.array([[[0.0, 0.0, 0.2, 0.9, 0.5, 0.6, 0.1, 0.1, 0.9, 0.0]]], np.float32)
+    regions = region_map(gt, parts, 1, decoys)
+    assert regions.tolist() == [[0, 0, 1, 2, 1, 3, 3, 3, 4, 0]] and region_rows(1, True) == 5
+    sweep = ThresholdSweep(1, [0.3], gt_rows=5)
+    sweep.add(regions, cam, np.array([0]))
+    c = coverage(sweep.confusions()[0], ["aeroplane"])
+    # part 1/1, body 1/2; background: decoy body 1 of 3 and the decoy part, of 7 background pixels
+    assert (c["part"], c["body"], c["background_fp"], c["decoy_body_fp"]) == (1.0, 0.5, 2 / 7, 1 / 3)
+    assert c["per_class"]["aeroplane"]["decoy_body_fp"] == 1 / 3
+    plain = ThresholdSweep(1, [0.3], gt_rows=3)
+    plain.add(region_map(gt, parts, 1), cam, np.array([0]))
+    assert coverage(plain.confusions()[0], ["aeroplane"])["background_fp"] == 2 / 7  # the same without the split

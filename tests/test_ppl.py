@@ -169,3 +169,31 @@ def test_progressive_phase_plan(tiny_cfg):
     cfg.ppl.restart_schedule = False
     spans = [p.schedule.poly_span for p in cam_phases(cfg)]
     assert spans[0][0] == 0 and spans[-1][1] == 1 and spans[0][1] == spans[1][0]
+
+
+def test_bench_controls_grid_1_and_permuted_merge():
+    """The synthetic bench's PPL controls (docs/synthetic_bench.md): with a 1 x 1 grid the patch
+    path is the full path (in eval mode, bit for bit up to the order of the sums), so a gain of
+    PPL over the baseline cannot come from patches there; with permuted merge positions every
+    patch's output lands at the next patch's cells, so the merged map holds the same blocks in
+    other places and nothing else changes."""
+    net = _net(splits=(2,), grids=(1,)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        merged, full = net.features(x)
+    torch.testing.assert_close(merged[0], full, atol=1e-5, rtol=1e-5)
+
+    ident, perm = _net(splits=(1,), grids=(2,)).eval(), _net(splits=(1,), grids=(2,)).eval()
+    perm.merge_positions = "permuted"
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        (a,), fa = ident.features(x)
+        (b,), fb = perm.features(x)
+    assert torch.equal(fa, fb)
+    blocks = lambda m: [m[:, :, i:i + 4, j:j + 4] for i in (0, 4) for j in (0, 4)]  # noqa: E731  (the 2 x 2 grid's 4x4 cells)
+    # patch order is row-major over the grid: patch i's output is at patch i+1's cells (cyclically)
+    for i, blk in enumerate(blocks(a)):
+        assert torch.equal(blocks(b)[(i + 1) % 4], blk)
+    assert not torch.equal(a, b)
+    with pytest.raises(ValueError, match="merge_positions must be identity or permuted"):
+        PPLNet(ResNetBackbone("resnet18", weights="none"), 4, 0, [1], [2], explicit=False, merge_positions="shuffled")

@@ -70,6 +70,11 @@ class Control:
     stages: str = STAGES
     expect: str = ""  # what it must show, in words
     weights_of: str = ""  # an arm: reuse its first seed's trained weights (CAMs only, no training)
+    # what it is measured against (the graded bench, tools.graded): "GLM" (its GLM, the baseline
+    # run of the same seed), "round 1" (the GSLM arm's first round, the same schedule), "arm"
+    # (the arm's run of the same seed); broken: a control that must not gain (no slope either)
+    reference: str = ""
+    broken: bool = False
 
 
 CONTROLS = [
@@ -84,7 +89,26 @@ CONTROLS = [
             expect="wrong targets: no gain over sr_weight 0"),
     Control("PPL progressive, cam_source full", "PPL progressive", ["ppl.cam_source=full"], "make_cam,eval_cam",
             expect="the full path's CAM of the same weights instead of the concatenated one", weights_of="PPL progressive"),
+    # the graded bench's (configs/bench/graded.yaml): scored on train and val like the arms
+    Control("GSLM, shuffled ground-truth SR targets", "GSLM", ["gslm.rounds=1", "gslm.target_masks={shuffled}"],
+            expect="targets of another image: no gain over its GLM on val", reference="GLM", broken=True),
+    Control("PPL progressive, grid 1", "PPL progressive", ["{grid1}"],
+            expect="no patches (the branch sees the whole map): no gain over the baseline", reference="arm", broken=True),
+    Control("PPL progressive, permuted merge", "PPL progressive", ["ppl.merge_positions=permuted"],
+            expect="patch outputs merged at other patches' cells: no gain over the baseline", reference="arm", broken=True),
 ]
+# the decoy bench's controls (the published ones); a bench file's `controls` names others
+DEFAULT_CONTROLS = [c.name for c in CONTROLS[:5]]
+for _c in CONTROLS:  # what the graded bench measures the first five against
+    if _c.name == "GSLM, sr_weight 0":
+        _c.reference, _c.broken = "GLM", True
+    elif _c.name == "GSLM, ground-truth SR targets":
+        _c.reference = "GLM"
+    elif _c.name == "GSLM, shifted ground-truth SR targets":
+        _c.reference, _c.broken = "GLM", True
+    elif _c.name == "untrained network":
+        _c.reference = "arm"
+SCORED_CONTROLS = {c.name for c in CONTROLS if c.reference and c.stages == STAGES}
 
 
 @dataclass
@@ -101,16 +125,25 @@ class Bench:
     arm_overrides: dict[str, list[str]] = field(default_factory=dict)  # overrides of one arm's runs (and its controls)
     reuse_glm: bool = True  # GLM_OF: start GSLM's rounds from the baseline run of the same seed and data
     collect_only: bool = False  # no new run: gather the finished ones (an interrupted bench's table)
+    control_names: list[str] = field(default_factory=lambda: list(DEFAULT_CONTROLS))  # which controls run
+    ref_seed: int = 0  # the training seed of the controls and the held-out runs
+    # the graded bench: score every run on train and val under both protocols (tools.graded),
+    # and check the level's gates before the method arms run
+    score: bool = False
+    level: str = ""  # the graded bench's level this bench is (its out is <out>/<level>)
+    file_overrides: int = 0  # how many of ``overrides`` came from the bench file (a level's go after them)
 
 
 DEFAULT_BENCH_FILE = "configs/bench/decoys.yaml"
-BENCH_FILE_KEYS = {"out", "overrides", "arm_overrides"}
+BENCH_FILE_KEYS = {"out", "overrides", "arm_overrides", "arms", "controls", "levels"}
 
 
 def load_bench_file(path: str | Path) -> dict:
     """A bench file (configs/bench/*.yaml): ``out`` (the default --out), ``overrides`` (every
     run's, before the command line's) and ``arm_overrides`` (arm name -> overrides of its runs
-    and controls). Anything else is a ConfigError naming the file and the key."""
+    and controls); optionally ``arms`` and ``controls`` (names: the ones it runs) and
+    ``levels`` (the graded bench: level name -> overrides of that level's runs, which go
+    under <out>/<level>). Anything else is a ConfigError naming the file and the key."""
     from wsss.config import read_yaml_mapping
     from wsss.errors import ConfigError
 
@@ -131,8 +164,23 @@ def load_bench_file(path: str | Path) -> dict:
         raise ConfigError(f"{path}: arm_overrides: a mapping from arm name to a list of KEY=VALUE strings")
     if set(arm_over) - set(ARMS):
         raise ConfigError(f"{path}: arm_overrides: unknown arm(s) {sorted(set(arm_over) - set(ARMS))}; arms are {list(ARMS)}")
+    def names(key: str, known: list[str]) -> list[str] | None:
+        value = data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path}: {key}: a list of names")
+        if set(value) - set(known):
+            raise ConfigError(f"{path}: {key}: unknown name(s) {sorted(set(value) - set(known))}; known: {known}")
+        return list(value)
+
+    levels = data.get("levels") or {}
+    if not isinstance(levels, dict) or not all(isinstance(k, str) for k in levels):
+        raise ConfigError(f"{path}: levels: a mapping from level name to a list of KEY=VALUE strings")
     return {"out": str(data.get("out") or "work_dirs/compare"), "overrides": overrides(data.get("overrides") or [], "overrides"),
-            "arm_overrides": {arm: overrides(v, f"arm_overrides.{arm}") for arm, v in arm_over.items()}}
+            "arm_overrides": {arm: overrides(v, f"arm_overrides.{arm}") for arm, v in arm_over.items()},
+            "arms": names("arms", list(ARMS)), "controls": names("controls", [c.name for c in CONTROLS]),
+            "levels": {name: overrides(v, f"levels.{name}") for name, v in levels.items()}}
 
 
 def slug(name: str) -> str:
@@ -252,66 +300,123 @@ def verdict(diff: float, baseline_std: float) -> str:
     return "effect: higher" if diff > 0 else "effect: lower"
 
 
+def grid1_stages(b: Bench) -> str:
+    """The PPL progressive arm's own stages (the bench's overrides) with a 1 x 1 grid each."""
+    from wsss.config import load_config
+
+    cfg = load_config(str(REPO / ARMS["PPL progressive"]), arm_overrides(b, "PPL progressive", None))
+    stages = ", ".join(f"{{split_after: {st.split_after}, grid: 1, epochs: {st.epochs}}}" for st in cfg.ppl.stages)
+    return f"ppl.stages=[{stages}]"
+
+
+def _scored(b: Bench, row: dict | None, config: str, overrides: list[str], work: Path) -> dict | None:
+    """A finished run with its scores on train and val (the graded bench; tools.graded)."""
+    if row is None or not b.score:
+        return row
+    from tools.graded import read_scores, score_run
+
+    scores = read_scores(work) if b.collect_only else score_run(str(REPO / config), overrides, work)
+    return {**row, "scores": scores} if scores else row
+
+
+def _gates(b: Bench, base_runs: list[dict]) -> dict:
+    """The level's gates (tools.graded): the body probe on the pretrained backbone, then the
+    premise and the part gate of every baseline run made so far."""
+    from tools.graded import baseline_gates, probe_gate
+
+    config = str(REPO / ARMS[BASELINE])
+    over = [*arm_overrides(b, BASELINE, None), *data_overrides(b.data_seed, 0, b.overrides)]
+    probe = b.out / "gates_probe.json"
+    out = {"probe": probe_gate(config, over, probe) if not b.collect_only or probe.is_file() else None, "baseline": {}}
+    for r in base_runs:
+        work = Path(r["work_dir"])
+        if not b.collect_only or (work / "metrics" / "bench_gates.json").is_file():
+            out["baseline"][str(r["seed"])] = baseline_gates(config, [*over, f"seed={r['seed']}"], work)
+    checks = [out["probe"]["ok"] if out["probe"] else None] + [g["ok"] for g in out["baseline"].values()]
+    out["ok"] = None if None in checks or not out["baseline"] else all(checks)
+    return out
+
+
 def run_bench(b: Bench, results: str | None = None) -> dict:
     from tools.published import publish, render_bench
     from wsss.reports import run_info
 
     t0 = time.perf_counter()
     runs: dict[str, list[dict]] = {}
+    gates = None
     for arm, config in b.arms.items():
+        if b.score and arm != BASELINE and gates is None:
+            # the gates are checked (and written) before any method arm runs
+            gates = _gates(b, runs.get(BASELINE, []))
+            atomic_write_json(b.out / "gates.json", gates)
+            print(f"[bench] {b.level or b.out}: gates {'hold' if gates['ok'] else 'do NOT hold' if gates['ok'] is False else 'incomplete'}",
+                  flush=True)
         for seed in b.seeds:
             work = seed_dir(b, arm, seed)
-            row = run_one(f"{arm}, seed {seed}", config, work,
-                          [*arm_overrides(b, arm, seed_dir(b, BASELINE, seed)),
-                           *data_overrides(b.data_seed, 0, b.overrides), f"seed={seed}"], STAGES, b.collect_only)
+            over = [*arm_overrides(b, arm, seed_dir(b, BASELINE, seed)), *data_overrides(b.data_seed, 0, b.overrides), f"seed={seed}"]
+            row = _scored(b, run_one(f"{arm}, seed {seed}", config, work, over, STAGES, b.collect_only), config, over, work)
             if row is not None:
                 runs.setdefault(arm, []).append({"seed": seed, **row})
+    if b.score and gates is None:
+        gates = _gates(b, runs.get(BASELINE, []))
+        if not b.collect_only:
+            atomic_write_json(b.out / "gates.json", gates)
     controls = []
-    if b.controls:
+    selected = [c for c in CONTROLS if b.controls and c.name in b.control_names and c.arm in b.arms]
+    if selected:
         from wsss.config import load_config
 
         root = Path(load_config(str(REPO / ARMS[BASELINE]), [*b.overrides, *data_overrides(b.data_seed, 0, b.overrides)]).data.root)
         if not root.is_absolute():
             root = REPO / root
-        shifted = None
-        for c in CONTROLS:
-            if c.arm not in b.arms:
-                continue
+        for c in selected:
             over = list(c.overrides)
             if any("{shifted}" in o for o in over):
                 # (--collect-only starts no run: the folder's name is all it needs)
-                shifted = shifted or (b.out / "shifted_gt" if b.collect_only else write_shifted_masks(root, b.out / "shifted_gt"))
+                shifted = b.out / "shifted_gt" if b.collect_only else write_shifted_masks(root, b.out / "shifted_gt")
                 over = [o.replace("{shifted}", str(shifted)) for o in over]
+            if any("{shuffled}" in o for o in over):
+                from tools.graded import write_shuffled_masks
+
+                shuffled = b.out / "shuffled_gt" if b.collect_only else write_shuffled_masks(root, b.out / "shuffled_gt")
+                over = [o.replace("{shuffled}", str(shuffled)) for o in over]
+            over = [grid1_stages(b) if o == "{grid1}" else o for o in over]
             if c.weights_of:
-                over.append(f"cam.checkpoint={seed_dir(b, c.weights_of, b.seeds[0]) / 'checkpoints' / 'final.pth'}")
+                over.append(f"cam.checkpoint={seed_dir(b, c.weights_of, b.ref_seed) / 'checkpoints' / 'final.pth'}")
             work = b.out / "controls" / slug(c.name)
-            row = run_one(c.name, b.arms[c.arm], work,
-                          [*arm_overrides(b, c.arm, seed_dir(b, BASELINE, b.seeds[0])),
-                           *data_overrides(b.data_seed, 0, b.overrides), f"seed={b.seeds[0]}", *over], c.stages, b.collect_only)
+            full = [*arm_overrides(b, c.arm, seed_dir(b, BASELINE, b.ref_seed)), *data_overrides(b.data_seed, 0, b.overrides),
+                    f"seed={b.ref_seed}", *over]
+            row = run_one(c.name, b.arms[c.arm], work, full, c.stages, b.collect_only)
+            if c.name in SCORED_CONTROLS:
+                row = _scored(b, row, b.arms[c.arm], full, work)
             if row is not None:
-                controls.append({"name": c.name, "arm": c.arm, "overrides": c.overrides, "expect": c.expect, **row})
+                controls.append({"name": c.name, "arm": c.arm, "overrides": c.overrides, "expect": c.expect,
+                                 "reference": c.reference, "broken": c.broken, **row})
     heldout = {}
     for arm, config in b.arms.items():
         if b.heldout_arms is not None and arm not in b.heldout_arms:
             continue
         work = b.out / "heldout" / slug(arm)
-        row = run_one(f"{arm}, held-out data seed {b.heldout_data_seed}", config, work,
-                      [*arm_overrides(b, arm, b.out / "heldout" / slug(BASELINE) if b.heldout_arms is None or BASELINE in b.heldout_arms else None),
-                       *data_overrides(b.heldout_data_seed, b.data_seed, b.overrides), f"seed={b.seeds[0]}"], STAGES, b.collect_only)
+        over = [*arm_overrides(b, arm, b.out / "heldout" / slug(BASELINE) if b.heldout_arms is None or BASELINE in b.heldout_arms else None),
+                *data_overrides(b.heldout_data_seed, b.data_seed, b.overrides), f"seed={b.ref_seed}"]
+        row = _scored(b, run_one(f"{arm}, held-out data seed {b.heldout_data_seed}", config, work, over, STAGES, b.collect_only),
+                      config, over, work)
         if row is not None:
-            heldout[arm] = {"seed": b.seeds[0], **row}
+            heldout[arm] = {"seed": b.ref_seed, **row}
     missing = [f"{arm} seed {sd}" for arm in b.arms for sd in b.seeds if sd not in [r["seed"] for r in runs.get(arm, [])]]
-    missing += [f"control: {c.name}" for c in CONTROLS if b.controls and c.arm in b.arms and c.name not in [x["name"] for x in controls]]
+    missing += [f"control: {c.name}" for c in selected if c.name not in [x["name"] for x in controls]]
     missing += [f"held-out: {arm}" for arm in b.arms if (b.heldout_arms is None or arm in b.heldout_arms) and arm not in heldout]
     data = {"bench_file": b.bench_file, "seeds": b.seeds, "not_run": missing, "data_seed": b.data_seed, "heldout_data_seed": b.heldout_data_seed, "overrides": b.overrides,
             "arm_overrides": b.arm_overrides, "glm_of": {a: glm_source(b, a) for a in b.arms if glm_source(b, a)},
             "stages": STAGES, "runs": runs, "aggregate": aggregate(runs), "heldout": heldout, "controls": controls,
             "premise": premise_summary(runs.get(BASELINE, []), heldout.get(BASELINE)),
-            "control_checks": control_checks(runs, controls, b.seeds[0]), "wall_seconds": round(time.perf_counter() - t0, 1),
+            "control_checks": control_checks(runs, controls, b.ref_seed), "wall_seconds": round(time.perf_counter() - t0, 1),
             # the runs' own stage times: a resumed or --collect-only bench's wall time leaves most of them out
             "pipeline_seconds": round(sum(sum(r["stage_seconds"].values()) for r in
                                           [*(x for rs in runs.values() for x in rs), *controls, *heldout.values()]), 1),
             "out": str(b.out)}
+    if b.score:
+        data.update({"level": b.level, "gates": gates, "ref_seed": b.ref_seed})
     md = render_bench(data)
     made_on = read_json(Path(next(iter(runs.values()))[0]["work_dir"]) / "metrics" / "summary.json").get("made_on") if runs else None
     atomic_write_json(b.out / "bench.json", {**data, **run_info(), "made_on": made_on})
@@ -352,3 +457,39 @@ def control_checks(runs: dict[str, list[dict]], controls: list[dict], seed: int 
     if full and concat and full.get("cam_miou") is not None and concat.get("cam_miou") is not None:
         out["ppl_full_path_cam_minus_concat"] = full["cam_miou"] - concat["cam_miou"]
     return out
+
+
+def run_graded(b: Bench, levels: dict[str, list[str]], results: str | None = None) -> dict:
+    """The graded bench (tools.graded): ``b`` once per level, with the level's overrides after
+    the bench's, into <out>/<level>; then the levels side by side and the dose-response
+    verdict in <out>/graded.{json,md} (``results``: also published)."""
+    import dataclasses
+
+    from tools.graded import graded_summary
+    from tools.published import publish, render_graded
+    from wsss.reports import run_info
+
+    t0 = time.perf_counter()
+    done = {}
+    for name, over in levels.items():
+        lb = dataclasses.replace(b, out=b.out / slug(name), overrides=[*b.overrides[:b.file_overrides], *over,
+                                                                       *b.overrides[b.file_overrides:]], level=name, score=True)
+        print(f"[bench] level {name}: {' '.join(over)}", flush=True)
+        done[name] = (over, run_bench(lb))
+    summary = graded_summary(done)
+    data = {"bench_file": b.bench_file, "overrides": b.overrides, "arm_overrides": b.arm_overrides, "seeds": b.seeds,
+            "ref_seed": b.ref_seed, "data_seed": b.data_seed, "heldout_data_seed": b.heldout_data_seed, "arms": list(b.arms),
+            "controls": [c for c in b.control_names if c in {x.name for x in CONTROLS}] if b.controls else [],
+            "level_overrides": levels, "out": str(b.out), **summary,
+            "pipeline_seconds": round(sum(d.get("pipeline_seconds", 0) for _, d in done.values()), 1),
+            "wall_seconds": round(time.perf_counter() - t0, 1)}
+    made_on = next((d.get("made_on") for d in (read_json(b.out / slug(n) / "bench.json") for n in levels
+                                                if (b.out / slug(n) / "bench.json").is_file()) if d.get("made_on")), None)
+    md = render_graded(data)
+    atomic_write_json(b.out / "graded.json", {**data, **run_info(), "made_on": made_on})
+    atomic_write_text(b.out / "graded.md", md)
+    print(md)
+    print(f"saved {b.out / 'graded.json'}")
+    if results:
+        print(f"published: {publish(results, Path(results).stem, data, made_on=made_on)}")
+    return data

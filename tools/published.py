@@ -461,3 +461,144 @@ def render_crf_throughput(doc: dict) -> str:
             + (f"; {made_on(doc)}" if "made_on" in doc else "") + "):\n\n")
     return head + md_table(["configuration", "images/s: median (range)", "ratio to pydensecrf, 1 proc: median (range)"],
                            rows)
+
+
+# --------------------------------------------------------------------------
+# the graded bench (scripts/compare_methods.py --bench configs/bench/graded.yaml)
+# --------------------------------------------------------------------------
+def _pp(v: dict | None) -> str:
+    """mean ± std in points (n > 1), the value alone for one run."""
+    if not v or v.get("mean") is None:
+        return "-"
+    return f"{100 * v['mean']:.2f}" + (f" ± {100 * v['std']:.2f}" if v.get("n", 1) > 1 else "")
+
+
+def _signed(v: dict | float | None) -> str:
+    if isinstance(v, dict):
+        if not v or v.get("mean") is None:
+            return "-"
+        return f"{100 * v['mean']:+.2f}" + (f" ± {100 * v['std']:.2f}" if v.get("n", 1) > 1 else "")
+    return "-" if v is None else f"{100 * v:+.2f}"
+
+
+def _level_name(lv: dict) -> str:
+    return f"{lv['level']} (signal {lv['signal']:.2f})"
+
+
+def render_graded(d: dict) -> str:
+    levels = d["levels"]
+    out = [f"Levels: {', '.join(_level_name(lv) for lv in levels)}; body signal = 1 - `data.synthetic.shared_body`; "
+           f"training seeds {', '.join(map(str, d['seeds']))} on data seed {d['data_seed']}; controls and held-out runs with "
+           f"training seed {d.get('ref_seed', 0)}; the held-out draw is data seed {d['heldout_data_seed']}.\n"]
+    # gates
+    rows = []
+    for lv in levels:
+        g = lv.get("gates") or {}
+        probe = g.get("probe")
+        base = g.get("baseline") or {}
+        prem = [v["premise"]["ok"] for v in base.values()]
+        part = [v["part"]["ok"] for v in base.values()]
+        fails = sorted({c for v in base.values() for c, x in v["part"]["per_class"].items() if not x["ok"]})
+        flood = sorted({c for v in base.values() for c in v["premise"]["checks"]["no_flooding"]["value"]})
+        rows.append([_level_name(lv), f"{100 * probe['accuracy']:.1f} vs {100 * probe['chance']:.1f}" if probe else "-",
+                     f"{sum(prem)} of {len(prem)}" + (f" (flooding: {', '.join(flood)})" if flood else ""),
+                     f"{sum(part)} of {len(part)}" + (f" (failing: {', '.join(fails)})" if fails else ""),
+                     {True: "yes", False: "**no**", None: "incomplete"}[g.get("ok")]])
+    out.append("#### Gates (checked before the method arms ran)\n\n" + md_table(
+        ["level", "body-family probe: accuracy vs chance (%)", "premise: baseline runs meeting it", "part gate: baseline runs",
+         "gates hold"], rows))
+    # like-for-like
+    rows = []
+    for lv in levels:
+        for arm, a in lv["arms"].items():
+            v, t = a["splits"]["val"], a["splits"]["train"]
+            rows.append([_level_name(lv), f"{arm} (n={a['n']})", _pp(v["cam_miou"]), _pp(v["cam_crf_miou"]), _pp(t["cam_miou"]),
+                         _pp(t["pseudo_miou_255_as_bg"]), _pp(t["pseudo_miou_confident"]), _pp(v["body"]), _pp(v["background_fp"]),
+                         _pp(v["decoy_body_fp"]), _signed(a["gains"].get("val:cam_miou")),
+                         "-" if a.get("gt_gap_share") is None else f"{100 * a['gt_gap_share']:.0f}%"])
+    out.append("#### Like for like: every arm at its best threshold (mean ± std over seeds)\n\n" + md_table(
+        ["level", "arm", "CAM mIoU (val)", "CAM+CRF (val)", "CAM mIoU (train)", "pseudo masks, 255 as bg (train)",
+         "pseudo masks, confident (train)", "body covered (val)", "background FP (val)", "decoy-body FP (val)",
+         "CAM mIoU (val) vs baseline, paired by seed", "share of the ground-truth control's gap (val)"], rows)
+        + "\n" + "".join(f"* {_level_name(lv)}: the ground-truth control's gap (val CAM mIoU over the baseline of its seed) "
+                          f"{_signed(lv.get('gt_gap'))}" + ("" if lv.get("gt_gap_beyond_noise") else
+                                                            ", not beyond twice the baseline's seed noise: no share is computed")
+                          + ".\n" for lv in levels if "gt_gap" in lv))
+    # the reference's protocol
+    rows = []
+    for lv in levels:
+        for arm, a in lv["arms"].items():
+            for model, v in a["models"].items():
+                label = "CAM @ 0.15" if model in ("final", "GLM") else f"CAM+CRF @ {0.15 + 0.1 * (int(model.split()[-1]) - 1):.2f}"
+                rows.append([_level_name(lv), arm, model if model != "final" else "its network", label, _pp(v["train"]), _pp(v["val"])])
+    out.append("#### The reference's protocol: the GLM's CAM at 0.15, each SLM round's CAM+CRF at its round threshold\n\n" + md_table(
+        ["level", "arm", "model", "number", "train", "val"], rows))
+    # controls
+    rows = []
+    for lv in levels:
+        for name, c in lv["controls"].items():
+            g = c.get("gains", {})
+            rows.append([_level_name(lv), name, pct(c.get("val:cam_miou")), pct(c.get("train:cam_miou", c.get("cam_miou_train"))),
+                         _signed(g.get("val:cam_miou")), _signed(g.get("train:cam_miou")), _signed(g.get("train:pseudo_miou_255_as_bg")),
+                         "broken (must not gain)" if c["broken"] else "-"])
+    if rows:
+        out.append("#### Controls (one training seed; gains over the baseline run of the same seed, the GLM of the GSLM controls)\n\n"
+                   + md_table(["level", "control", "CAM mIoU (val)", "CAM mIoU (train)", "vs baseline (val)", "vs baseline (train)",
+                               "pseudo masks vs baseline (train)", ""], rows))
+    # held-out
+    rows = []
+    for lv in levels:
+        for arm, h in lv["heldout"].items():
+            base = lv["heldout"].get("baseline CAM")
+            rows.append([_level_name(lv), arm, pct(h["val"]["cam_miou"]), pct(h["train"]["cam_miou"]), pct(h["train"]["reference"]),
+                         pct(h["train"]["pseudo_miou_255_as_bg"]), pct(h["train"]["pseudo_miou_confident"]),
+                         "-" if base is None or arm == "baseline CAM" else f"{100 * (h['val']['cam_miou'] - base['val']['cam_miou']):+.2f}"])
+    if rows:
+        out.append(f"#### Held-out data seed {d['heldout_data_seed']} (one run per arm and level, no setting tuned on it)\n\n" + md_table(
+            ["level", "arm", "CAM mIoU (val)", "CAM mIoU (train)", "reference protocol, last model (train)",
+             "pseudo masks, 255 as bg (train)", "pseudo masks, confident (train)", "CAM mIoU (val) vs baseline"], rows))
+    # dose-response
+    rows = []
+    for arm, v in d["verdict"].items():
+        for key, s in v["measures"].items():
+            rows.append([arm, key.replace(":", ", "), *(_slope_cells(s))])
+        for cname, s in v["broken_controls"].items():
+            rows.append([f"{arm}: control {cname}", "val, cam_miou", *(_slope_cells(s))])
+    out.append("#### Dose-response: the gain over the baseline against the body's class signal\n\n" + md_table(
+        ["arm", "measure (split, metric)", "gain at the weakest signal", "gain at the strongest", "difference", "2 x seed noise",
+         "grows"], rows))
+    out.append("\n".join(f"* **{arm}**: {'works on this bench' if v['works'] else 'does not work on this bench'}: {v['why']}."
+                         for arm, v in d["verdict"].items()) + "\n")
+    nr = [f"{lv['level']}: {', '.join(lv['not_run'])}" for lv in levels if lv.get("not_run")]
+    if nr:
+        out.append("**Not run** (`scripts/compare_methods.py` resumes and adds them): " + "; ".join(nr) + ".\n")
+    return "\n".join(out)
+
+
+def _slope_cells(s: dict) -> list[str]:
+    if "difference" not in s:
+        return ["-", "-", "-", "-", s.get("why", "-")]
+    return [_signed(s["gain_at_none"]), _signed(s["gain_at_most"]), _signed(s["difference"]), f"{100 * s['noise']:.2f}",
+            "yes" if s["grows"] else "no"]
+
+
+def render_compare_graded(doc: dict) -> str:
+    d = doc["data"]
+    took = f"; its runs took {int(d['pipeline_seconds'] // 60)} min in all" if d.get("pipeline_seconds") else ""
+    return (f"Measured with `{doc['command']}` ({made_on(doc)}{took}), which also writes `{d.get('out', 'work_dirs/compare_graded')}/"
+            f"graded.{{json,md}}`:\n" + placeholder(doc) + "\n" + render_graded(d))
+
+
+def render_graded_headline(doc: dict) -> str:
+    d = doc["data"]
+    rows = []
+    for lv in d["levels"]:
+        for arm, a in lv["arms"].items():
+            rows.append([_level_name(lv), arm, str(a["n"]), _pp(a["splits"]["val"]["cam_miou"]), _signed(a["gains"].get("val:cam_miou")),
+                         _pp(a["splits"]["train"]["pseudo_miou_255_as_bg"]), _signed(a["gains"].get("train:pseudo_miou_255_as_bg")),
+                         {True: "yes", False: "**no**", None: "incomplete"}[(lv.get("gates") or {}).get("ok")]])
+    verdicts = " ".join(f"**{arm}**: {'works' if v['works'] else 'does not work'} on this bench ({v['why']})."
+                        for arm, v in d["verdict"].items())
+    return (f"The graded bench (`{d['bench_file']}`; {made_on(doc)}; `docs/results/{Path(doc.get('path', 'compare_graded.json')).name}`):\n"
+            + placeholder(doc) + "\n" + md_table(["level", "arm", "seeds", "CAM mIoU (val)", "vs baseline", "pseudo masks (train, 255 as bg)",
+                                                   "vs baseline", "gates hold"], rows) + "\n" + verdicts + "\n")

@@ -128,23 +128,39 @@ class ThresholdSweep:
         return [{"threshold": float(round(float(t), 6)), **scores(c, class_names)} for t, c in zip(self.thresholds, self.confusions())]
 
 
-def region_map(gt: np.ndarray, parts: np.ndarray, num_classes: int) -> np.ndarray:
+def region_map(gt: np.ndarray, parts: np.ndarray, num_classes: int, decoys: np.ndarray | None = None) -> np.ndarray:
     """GT regions of the synthetic data: 0 background, c+1 the body of class c outside its
     part, num_classes + 1 + c the part of class c, 255 ignored (a :class:`ThresholdSweep`
-    with ``gt_rows=2 * num_classes + 1`` counts predictions per region)."""
+    with ``gt_rows=2 * num_classes + 1`` counts predictions per region). With ``decoys`` (the
+    data's DecoyMasks: 1 a decoy's visible body, 2 its part), the background splits further:
+    2 * num_classes + 1 a decoy body, 2 * num_classes + 2 a decoy part (``gt_rows=2 * num_classes + 3``)."""
     out = np.asarray(gt).astype(np.int64).copy()
     p = np.asarray(parts).astype(np.int64)
     inside = (p > 0) & (p != 255) & (out != 255)
     out[inside] = num_classes + p[inside]
+    if decoys is not None:
+        d = np.asarray(decoys).astype(np.int64)
+        for v in (1, 2):
+            out[(d == v) & (np.asarray(gt) == 0)] = 2 * num_classes + v
     return out
+
+
+def region_rows(num_classes: int, decoys: bool) -> int:
+    """The GT rows of :func:`region_map`'s regions."""
+    return 2 * num_classes + (3 if decoys else 1)
 
 
 def coverage(conf: np.ndarray, class_names: list[str]) -> dict:
     """From a [2K+1, K+1] region confusion: per class, the part's and the body's (outside the
     part) share predicted as that class, and the share of all background pixels predicted
-    as that class; overall the same pooled over classes (background: any foreground)."""
+    as that class; overall the same pooled over classes (background: any foreground). From a
+    [2K+3, K+1] one (with decoys) also ``decoy_body_fp``: the share of decoy body pixels
+    predicted as any class (per class: as that class); decoy pixels count as background."""
     k = len(class_names)
     conf = conf.astype(np.float64)
+    decoys = conf.shape[0] > 2 * k + 1
+    # every background pixel, decoys included: the same background FP as without the split
+    bg = conf[0] + (conf[2 * k + 1] + conf[2 * k + 2] if decoys else 0)
 
     def share(num, den):
         return float(num / den) if den > 0 else None
@@ -153,11 +169,15 @@ def coverage(conf: np.ndarray, class_names: list[str]) -> dict:
     for c, name in enumerate(class_names):
         body, part = conf[c + 1], conf[k + 1 + c]
         per_class[name] = {"part": share(part[c + 1], part.sum()), "body": share(body[c + 1], body.sum()),
-                           "background_fp": share(conf[0, c + 1], conf[0].sum())}
+                           "background_fp": share(bg[c + 1], bg.sum())}
+        if decoys:
+            per_class[name]["decoy_body_fp"] = share(conf[2 * k + 1, c + 1], conf[2 * k + 1].sum())
     idx = np.arange(k)
+    extra = {"decoy_body_fp": share(conf[2 * k + 1, 1:].sum(), conf[2 * k + 1].sum())} if decoys else {}
     return {
-        "part": share(conf[k + 1 + idx, idx + 1].sum(), conf[k + 1:].sum()),
+        "part": share(conf[k + 1 + idx, idx + 1].sum(), conf[k + 1:2 * k + 1].sum()),
         "body": share(conf[idx + 1, idx + 1].sum(), conf[1:k + 1].sum()),
-        "background_fp": share(conf[0, 1:].sum(), conf[0].sum()),
+        "background_fp": share(bg[1:].sum(), bg.sum()),
+        **extra,
         "per_class": per_class,
     }

@@ -12,20 +12,25 @@ from wsss.data.cam_files import cam_path, load_cam
 from wsss.data.labels import ImageLabels
 from wsss.data.voc import VOCLayout
 from wsss.fileio import read_image, read_mask
-from wsss.metrics import ThresholdSweep, confusion_matrix, coverage, region_map, scores, threshold_range
+from wsss.metrics import ThresholdSweep, confusion_matrix, coverage, region_map, region_rows, scores, threshold_range
 from wsss.parallel import chunks, imap_unordered, workers_for
 from wsss.pseudo.refine import crf_device, refined_labels
 from wsss.reports import md_table, pct, per_class_rows, save_metrics
 
 
 def coverage_table(cov: dict) -> str:
-    """Part / body (outside the part) coverage and background false positives, in percent."""
+    """Part / body (outside the part) coverage and background false positives (and on decoy
+    bodies alone, where the data has decoys), in percent."""
+    decoys = "decoy_body_fp" in cov["best"]
     rows = []
     for key in ("best", "fixed"):
         c = cov[key]
-        rows.append([f"all ({key} {c['threshold']:.2f})", pct(c["part"]), pct(c["body"]), pct(c["background_fp"])])
-        rows += [[f"  {name}", pct(v["part"]), pct(v["body"]), pct(v["background_fp"])] for name, v in c["per_class"].items()]
-    return md_table(["class (threshold)", "part covered", "body covered", "background FP"], rows)
+        rows.append([f"all ({key} {c['threshold']:.2f})", pct(c["part"]), pct(c["body"]), pct(c["background_fp"])]
+                    + ([pct(c["decoy_body_fp"])] if decoys else []))
+        rows += [[f"  {name}", pct(v["part"]), pct(v["body"]), pct(v["background_fp"])] + ([pct(v["decoy_body_fp"])] if decoys else [])
+                 for name, v in c["per_class"].items()]
+    return md_table(["class (threshold)", "part covered", "body covered", "background FP"]
+                    + (["decoy body FP"] if decoys else []), rows)
 
 
 def sweep_thresholds(cfg: Config) -> list[float]:
@@ -40,14 +45,16 @@ def _sweep_chunk(ids: list[str], root: str, gt_dir: str, cam_dir: str, num_class
                  parts: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     layout = VOCLayout(root)
     sweep = ThresholdSweep(num_classes, thresholds)
-    regions = ThresholdSweep(num_classes, thresholds, gt_rows=2 * num_classes + 1) if parts else None
+    decoys = parts and layout.decoy_dir.is_dir()
+    regions = ThresholdSweep(num_classes, thresholds, gt_rows=region_rows(num_classes, decoys)) if parts else None
     for image_id in ids:
         gt = read_mask(layout.mask(image_id, gt_dir), num_classes)
         cam = load_cam(cam_path(cam_dir, image_id), gt.shape, num_classes)
         sweep.add(gt, cam["high_res"], cam["keys"])
         if regions is not None:
             part = read_mask(layout.part_dir / f"{image_id}.png", num_classes)
-            regions.add(region_map(gt, part, num_classes), cam["high_res"], cam["keys"])
+            decoy = read_mask(layout.decoy_dir / f"{image_id}.png", 2) if decoys else None
+            regions.add(region_map(gt, part, num_classes, decoy), cam["high_res"], cam["keys"])
     return sweep.hist, regions.hist if regions is not None else None
 
 
@@ -86,7 +93,7 @@ def sweep_split(cfg: Config, split: str, cam_dir: str | Path, thresholds: list[f
     ids = VOCLayout(cfg.data.root).read_split(split)
     k = cfg.data.num_classes
     sweep = ThresholdSweep(k, thresholds)
-    regions = ThresholdSweep(k, thresholds, gt_rows=2 * k + 1) if parts else None
+    regions = ThresholdSweep(k, thresholds, gt_rows=region_rows(k, VOCLayout(cfg.data.root).decoy_dir.is_dir())) if parts else None
     fn = partial(_sweep_chunk, root=cfg.data.root, gt_dir=cfg.data.gt_dir, cam_dir=str(cam_dir),
                  num_classes=k, thresholds=thresholds, parts=parts)
     for hist, region_hist in imap_unordered(fn, chunks(ids, workers) if workers > 1 else [ids], workers, chunksize=1):

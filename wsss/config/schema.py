@@ -70,6 +70,13 @@ class SyntheticConfig:
     # hues between the classes' (one_hue only); without them an object whose part the
     # network does not know already names the one class left
     decoys: int = 0
+    # the graded bench's knob (docs/synthetic_bench.md): the probability that a class object's
+    # body is of the shared striped family (every decoy's, every body's at 1) rather than its
+    # class's own motif; 1: no class signal in the bodies, the scenes drawn before it existed
+    shared_body: float = 1.0
+    # > 1: every image drawn at this many times the size and box-filtered down, as a larger
+    # image looks shrunk (less pixel noise, anti-aliased edges): the graded bench's CRF rule
+    supersample: int = 1
 
 
 @dataclass

@@ -60,6 +60,7 @@ PART_FRACTION = 0.14  # a part's side, as a fraction of the image's shorter side
 PART_HUE_GAP = 0.17  # one_hue part colours keep at least this distance from BODY_HUE
 MAX_PART_HUES = 8  # one_hue: hues spread over the circle; past this many classes they repeat with another pattern
 SCENES = ("round", "elongated")
+PIXEL_NOISE = 0.03  # the standard deviation of the Gaussian pixel noise, in [0, 1] units
 PART_COLOURS = ("pairs", "one_hue")
 
 
@@ -187,14 +188,56 @@ def _part_pattern(style: ClassStyle, size: int) -> np.ndarray:
     return out / 255.0
 
 
-def _body_texture(rng: np.random.Generator, h: int, w: int, yy: np.ndarray, xx: np.ndarray, size: int) -> np.ndarray:
-    """The body family: a shaded, striped, noisy field around BODY_HUE (the same for every class)."""
+# The graded bench's body families (data.synthetic.shared_body < 1, docs/synthetic_bench.md):
+# class c's bodies may carry a motif of their own instead of the shared stripes. Every motif is
+# drawn from the same random numbers as the shared stripes (colours, orientation, phase,
+# period, noise, shading), so a scene draws the same objects, parts and colours at every
+# level: the levels differ in the bodies' motif alone.
+BODY_MOTIFS = ("checks", "dots", "rings", "waves", "lattice")
+SHARED_BODY = "stripes"  # the shared family: every body of the published scenes, and every decoy's
+
+
+def body_family(cls: int, num_classes: int) -> str:
+    """Class ``cls``'s own body family: a motif, past len(BODY_MOTIFS) classes at a coarser period."""
+    if num_classes > 2 * len(BODY_MOTIFS):
+        raise ValueError(f"body families (data.synthetic.shared_body < 1) support at most {2 * len(BODY_MOTIFS)} classes")
+    return BODY_MOTIFS[cls % len(BODY_MOTIFS)] + ("" if cls < len(BODY_MOTIFS) else "_coarse")
+
+
+def _motif(family: str, yy: np.ndarray, xx: np.ndarray, theta: float, phase: float, period: float) -> np.ndarray:
+    """A [0, 1] pattern of ``family`` at the body's orientation, phase and period."""
+    if family.endswith("_coarse"):
+        family, period = family.removesuffix("_coarse"), period * 1.6
+    u = (xx * np.cos(theta) + yy * np.sin(theta)) * 2 * np.pi / period + phase
+    if family == SHARED_BODY:
+        return 0.5 + 0.5 * np.sin(u)
+    v = (-xx * np.sin(theta) + yy * np.cos(theta)) * 2 * np.pi / period + 1.7 * phase
+    if family == "checks":
+        return 0.5 + 0.5 * np.tanh(3.0 * np.sin(u) * np.sin(v))
+    if family == "dots":  # round spots on a lattice
+        return ((1 + np.cos(u)) * (1 + np.cos(v)) / 4 > 0.45).astype(np.float32)
+    if family == "rings":  # concentric rings about a centre set by the phase and orientation
+        h, w = yy.shape
+        cy, cx = h * theta / np.pi, w * phase / (2 * np.pi)
+        return 0.5 + 0.5 * np.sin(np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2) * 2 * np.pi / period + phase)
+    if family == "waves":  # stripes bent by a slow sine across them
+        return 0.5 + 0.5 * np.sin(u + 2.0 * np.sin(v / 3.0))
+    if family == "lattice":  # thin lines along both axes
+        return (np.maximum(np.abs(np.sin(u / 2)), np.abs(np.sin(v / 2))) > 0.92).astype(np.float32)
+    raise ValueError(f"unknown body family {family!r}")
+
+
+def _body_texture(rng: np.random.Generator, h: int, w: int, yy: np.ndarray, xx: np.ndarray, size: int,
+                  family: str = SHARED_BODY) -> np.ndarray:
+    """A body: a shaded, patterned, noisy field around BODY_HUE. ``family``: the shared stripes
+    (every body of the published scenes) or a class's motif (:func:`body_family`), drawn from
+    the same random numbers."""
     base = _hsv_rgb(BODY_HUE + rng.normal(0, 0.015), rng.uniform(0.5, 0.8), rng.uniform(0.55, 0.85))
     other = _hsv_rgb(BODY_HUE + rng.normal(0, 0.015), rng.uniform(0.35, 0.6), rng.uniform(0.3, 0.5))
     theta, phase = rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
     period = size * rng.uniform(0.05, 0.09)  # stripes in image-relative units: the same look at any size
-    stripes = 0.5 + 0.5 * np.sin((xx * np.cos(theta) + yy * np.sin(theta)) * 2 * np.pi / period + phase)
-    mix = 0.6 * stripes + 0.4 * _smooth_noise(rng, h, w, int(rng.integers(3, 7)))
+    pattern = _motif(family, yy, xx, theta, phase, period)
+    mix = 0.6 * pattern + 0.4 * _smooth_noise(rng, h, w, int(rng.integers(3, 7)))
     tex = base[None, None] * (1 - mix[..., None]) + other[None, None] * mix[..., None]
     a = rng.uniform(0, 2 * np.pi)
     shade = 1.0 + rng.uniform(0.1, 0.3) * ((xx / w - 0.5) * np.cos(a) + (yy / h - 0.5) * np.sin(a)) * 2
@@ -264,10 +307,22 @@ def decoy_style(rng: np.random.Generator, styles: list[ClassStyle]) -> ClassStyl
     return ClassStyle(_rgb8(hue, 0.85, 0.95), _rgb8(hue, 0.9, 0.45), _ONE_HUE_PATTERNS[int(rng.integers(len(_ONE_HUE_PATTERNS)))])
 
 
+@dataclass
+class Scene:
+    img: np.ndarray  # uint8 HWC
+    label: np.ndarray  # 0 background, c+1 class c
+    parts: np.ndarray  # c+1 where an object's part is visible, else 0
+    instances: list[Instance]
+    decoys: np.ndarray  # visible decoy pixels: 1 body, 2 part, else 0 (background in the GT)
+    families: list[str]  # the body family each instance was drawn with (SHARED_BODY or a class motif)
+
+
 def render_scene(rng: np.random.Generator, size: int, styles: list[ClassStyle], max_tries: int = 20,
-                 hw: tuple[int, int] | None = None, scene: str = "round", decoys: int = 0):
+                 hw: tuple[int, int] | None = None, scene: str = "round", decoys: int = 0, shared_body: float = 1.0,
+                 family_rng: np.random.Generator | None = None, pixel_noise: float = PIXEL_NOISE, supersample: int = 1):
     """One image (uint8 HWC), its label mask (0 = bg, c+1), its part mask (c+1 where an
-    object's part is visible, else 0) and the instances.
+    object's part is visible, else 0) and the instances (:func:`draw_scene` adds the decoys'
+    mask and the body families).
 
     ``hw``: a non-square (height, width); object sizes then follow the shorter side.
     ``scene``: "round" bodies (radius 24-36% of the shorter side) with the part anywhere
@@ -276,9 +331,45 @@ def render_scene(rng: np.random.Generator, size: int, styles: list[ClassStyle], 
     far end of the body uncovered.
     ``decoys``: up to this many objects of no class (0 to ``decoys`` per image, drawn under the
     class objects, labelled background): a body with a part in a hue no class has
-    (:func:`decoy_style`)."""
+    (:func:`decoy_style`).
+    ``shared_body``: the probability that a class object's body is of the shared family (the
+    striped one every body of the published scenes has, and every decoy's) rather than its
+    class's own (:func:`body_family`); 1 draws exactly the scenes drawn before the families
+    existed. The choice comes from ``family_rng`` (required below 1), a stream of its own, so
+    every level draws the same objects and differs in the bodies' motifs alone."""
+    s = draw_scene(rng, size, styles, max_tries, hw, scene, decoys, shared_body, family_rng, pixel_noise, supersample)
+    return s.img, s.label, s.parts, s.instances
+
+
+def draw_scene(rng: np.random.Generator, size: int, styles: list[ClassStyle], max_tries: int = 20,
+               hw: tuple[int, int] | None = None, scene: str = "round", decoys: int = 0, shared_body: float = 1.0,
+               family_rng: np.random.Generator | None = None, pixel_noise: float = PIXEL_NOISE, supersample: int = 1) -> Scene:
+    """:func:`render_scene`'s scene with the decoys' visible pixels and the body families.
+
+    ``supersample`` N > 1: the scene drawn at N times the size and box-filtered down (labels,
+    parts and decoys: each N x N block's centre pixel), as an image N times larger looks
+    when shrunk: pixel noise falls N-fold, edges and stripes are anti-aliased. The graded
+    bench's CRF rule (docs/synthetic_bench.md): its 128 px images look like VOC-sized renders
+    seen at 128 px, so that the CRF's kernels, scaled with the image, act as they do on VOC-sized
+    images. Other draws than N = 1 (the noise has N^2 times the pixels)."""
+    if supersample < 1:
+        raise ValueError(f"supersample must be >= 1, not {supersample}")
+    if supersample > 1:
+        n = supersample
+        h, w = hw if hw is not None else (size, size)
+        hi = draw_scene(rng, size * n, styles, max_tries, (h * n, w * n), scene, decoys, shared_body, family_rng, pixel_noise)
+        img = hi.img.astype(np.float32).reshape(h, n, w, n, 3).mean((1, 3)).round().astype(np.uint8)
+        pick = (slice(n // 2, None, n), slice(n // 2, None, n))
+        instances = [Instance(i.cls, [(x / n, y / n) for x, y in i.polygon],
+                              (i.part_box[0] // n, i.part_box[1] // n, -(-i.part_box[2] // n), -(-i.part_box[3] // n)),
+                              i.crowd, i.mask[pick]) for i in hi.instances]
+        return Scene(img, hi.label[pick], hi.parts[pick], instances, hi.decoys[pick], hi.families)
     if scene not in SCENES:
         raise ValueError(f"scene must be one of {SCENES}, not {scene!r}")
+    if not 0.0 <= shared_body <= 1.0:
+        raise ValueError(f"shared_body must be in [0, 1], not {shared_body}")
+    if shared_body < 1.0 and family_rng is None:
+        raise ValueError("shared_body below 1 needs a family_rng (the body families' own stream)")
     h, w = hw if hw is not None else (size, size)
     size = min(h, w)
     k = len(styles)
@@ -313,17 +404,25 @@ def render_scene(rng: np.random.Generator, size: int, styles: list[ClassStyle], 
             placed = _place_object(rng, scene, size, h, w)
             if placed is not None:
                 decoy_objects.append((placed[1], placed[2], decoy_style(rng, styles)))
+        decoy_map = np.zeros((h, w), np.uint8)
         for body, (x0, y0, x1, y1), style in decoy_objects:  # under the class objects, background in the GT
-            tex = _body_texture(rng, h, w, yy, xx, size)
+            tex = _body_texture(rng, h, w, yy, xx, size)  # decoys keep the shared family at every level
             img[body] = tex[body]
             img[y0:y1, x0:x1] = _part_pattern(style, x1 - x0)
+            decoy_map[body] = 1
+            decoy_map[y0:y1, x0:x1] = 2
         label = np.zeros((h, w), np.uint8)
         owner = np.full((h, w), -1, np.int32)
+        families = []
         for i, inst in enumerate(instances):
-            tex = _body_texture(rng, h, w, yy, xx, size)
+            # at 1 no draw is made: the scenes of before, bit for bit
+            own = shared_body < 1.0 and family_rng.random() >= shared_body
+            families.append(body_family(inst.cls, k) if own else SHARED_BODY)
+            tex = _body_texture(rng, h, w, yy, xx, size, families[-1])
             img[inst.mask] = tex[inst.mask]
             label[inst.mask] = inst.cls + 1
             owner[inst.mask] = i
+        decoy_map[label > 0] = 0
         # every object's part must stay visible, or the image label would lie
         if not all((owner[i.part_box[1]:i.part_box[3], i.part_box[0]:i.part_box[2]] == n).mean() > 0.8
                    for n, i in enumerate(instances)):
@@ -334,9 +433,10 @@ def render_scene(rng: np.random.Generator, size: int, styles: list[ClassStyle], 
             mine = owner[y0:y1, x0:x1] == n
             img[y0:y1, x0:x1][mine] = _part_pattern(styles[inst.cls], x1 - x0)[mine]
             parts[y0:y1, x0:x1][mine] = inst.cls + 1
-        img = img + rng.normal(0, 0.03, img.shape).astype(np.float32)
+        # the same draws at any pixel_noise (scaled): the scene does not change with it
+        img = img + rng.normal(0, pixel_noise, img.shape).astype(np.float32)
         img = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
-        return img, label, parts, instances
+        return Scene(img, label, parts, instances, decoy_map, families)
     raise RuntimeError("could not place objects; image size too small?")
 
 
@@ -447,12 +547,14 @@ def generate_synthetic_voc(root: str | os.PathLike, seed: int = 0, image_size: i
                            num_aug: int = 700, num_val: int = 100, num_test: int = 20, num_classes: int = 5,
                            classes: list[str] | None = None, write_coco: bool = False, verbose: bool = False,
                            width_range=None, height_range=None, voc_sizes: bool = False, scene: str = "round",
-                           part_colours: str = "pairs", decoys: int = 0) -> dict:
+                           part_colours: str = "pairs", decoys: int = 0, shared_body: float = 1.0, supersample: int = 1) -> dict:
     """Write the synthetic mini-VOC under ``root`` (the VOC2012-style folder); return a summary.
 
     Images are ``image_size`` squares unless ``width_range``/``height_range`` or ``voc_sizes``
-    ask for non-square ones (see :func:`image_sizes`). ``scene``, ``decoys`` and ``part_colours``:
-    see :func:`render_scene` and :func:`class_styles` (the defaults draw the images they always did)."""
+    ask for non-square ones (see :func:`image_sizes`). ``scene``, ``decoys``, ``shared_body`` and
+    ``part_colours``: see :func:`render_scene` and :func:`class_styles` (the defaults draw the
+    images they always did). With decoys, ``DecoyMasks/<id>.png`` (train_aug and val) marks
+    their visible bodies (1) and parts (2), background in the ground truth."""
     from wsss.data.voc import prepare_voc
 
     t0 = time.time()
@@ -469,7 +571,11 @@ def generate_synthetic_voc(root: str | os.PathLike, seed: int = 0, image_size: i
         raise ValueError(f"decoys must be >= 0, not {decoys}")
     if decoys and part_colours != "one_hue":
         raise ValueError("decoys need part_colours one_hue (their parts take the hues between the classes')")
+    if not 0.0 <= shared_body <= 1.0:
+        raise ValueError(f"shared_body must be in [0, 1], not {shared_body}")
     rng = np.random.default_rng(seed)
+    # the body families' own stream: every shared_body level draws the same scenes from rng
+    family_rng = np.random.default_rng([seed, 0xB0D1]) if shared_body < 1.0 else None
     # ids look like VOC's (year_number); each split gets its own year
     splits = {
         "train": [f"2007_{i:06d}" for i in range(num_train)],
@@ -477,15 +583,21 @@ def generate_synthetic_voc(root: str | os.PathLike, seed: int = 0, image_size: i
         "val": [f"2009_{i:06d}" for i in range(num_val)],
         "test": [f"2010_{i:06d}" for i in range(num_test)],
     }
-    for d in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationClassAug", "PartMasks", "ImageSets/Segmentation"):
+    for d in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationClassAug", "PartMasks", "ImageSets/Segmentation",
+              *(["DecoyMasks"] if decoys else [])):
         (root / d).mkdir(parents=True, exist_ok=True)
     records: dict[str, list[Instance]] = {}
     pixel_counts = np.zeros(num_classes + 1, np.int64)
+    own_bodies = shared_bodies = 0
     sizes = iter(image_sizes(sum(len(v) for v in splits.values()), seed, image_size, width_range, height_range, voc_sizes))
     for split, ids in splits.items():
         for image_id in ids:
             hw = next(sizes)
-            img, label, parts, instances = render_scene(rng, image_size, styles, hw=hw, scene=scene, decoys=decoys)
+            sc = draw_scene(rng, image_size, styles, hw=hw, scene=scene, decoys=decoys, shared_body=shared_body,
+                            family_rng=family_rng, supersample=supersample)
+            img, label, parts, instances = sc.img, sc.label, sc.parts, sc.instances
+            own_bodies += sum(f != SHARED_BODY for f in sc.families)
+            shared_bodies += sum(f == SHARED_BODY for f in sc.families)
             records[image_id] = instances
             write_image(root / "JPEGImages" / f"{image_id}.jpg", img, quality=92)
             atomic_write_text(root / "Annotations" / f"{image_id}.xml", _annotation_xml(image_id, hw, instances, classes))
@@ -497,6 +609,8 @@ def generate_synthetic_voc(root: str | os.PathLike, seed: int = 0, image_size: i
             if split != "test":
                 write_palette_png(root / "SegmentationClassAug" / f"{image_id}.png", label)
                 write_palette_png(root / "PartMasks" / f"{image_id}.png", parts)
+                if decoys:
+                    write_palette_png(root / "DecoyMasks" / f"{image_id}.png", sc.decoys)
     lists = {
         "train": splits["train"],
         "val": splits["val"],
@@ -508,7 +622,8 @@ def generate_synthetic_voc(root: str | os.PathLike, seed: int = 0, image_size: i
     # the same label builder a VOC user runs (it also rebuilds train_aug from SegmentationClassAug - val)
     report = prepare_voc(root, classes=classes, strict_standard=False)
     atomic_write_json(root / RECORD, _settings(seed, image_size, num_train, num_aug, num_val, num_test, num_classes, write_coco,
-                                               width_range, height_range, voc_sizes, scene, part_colours, decoys))
+                                               width_range, height_range, voc_sizes, scene, part_colours, decoys,
+                                               shared_body, supersample))
     assert report["counts"]["train_aug"] == len(lists["train_aug"]), report["counts"]
     if write_coco:
         _write_coco(root, {"train_aug": lists["train_aug"], "val": lists["val"]}, records, classes,
@@ -521,6 +636,7 @@ def generate_synthetic_voc(root: str | os.PathLike, seed: int = 0, image_size: i
         "counts": {k: len(v) for k, v in lists.items()},
         "foreground_fraction": round(float(fg), 4),
         "objects_per_image": round(float(np.mean([len(v) for v in records.values()])), 3),
+        "bodies_of_their_class_family": round(own_bodies / max(own_bodies + shared_bodies, 1), 4),
         "coco": str(root / "coco") if write_coco else None,
         "seconds": round(time.time() - t0, 2),
     }
@@ -543,12 +659,14 @@ RECORD = "synthetic.json"  # in the data root: the settings and generator versio
 
 
 def _settings(seed, image_size, num_train, num_aug, num_val, num_test, num_classes, write_coco, width_range=None,
-              height_range=None, voc_sizes=False, scene="round", part_colours="pairs", decoys=0) -> dict:
+              height_range=None, voc_sizes=False, scene="round", part_colours="pairs", decoys=0, shared_body=1.0,
+              supersample=1) -> dict:
     return {"version": GENERATOR_VERSION, "seed": seed, "image_size": image_size, "num_train": num_train,
             "num_aug": num_aug, "num_val": num_val, "num_test": num_test, "num_classes": num_classes,
             "write_coco": bool(write_coco), "width_range": list(width_range) if width_range else None,
             "height_range": list(height_range) if height_range else None, "voc_sizes": bool(voc_sizes),
-            "scene": scene, "part_colours": part_colours, "decoys": int(decoys)}
+            "scene": scene, "part_colours": part_colours, "decoys": int(decoys), "shared_body": float(shared_body),
+            "supersample": int(supersample)}
 
 
 def _rank() -> int:
@@ -578,8 +696,17 @@ def ensure_synthetic(cfg) -> bool:
 
     root = Path(cfg.data.root)
     s = cfg.data.synthetic
+    if not 0.0 <= s.shared_body <= 1.0:
+        from wsss.errors import ConfigError
+
+        raise ConfigError(f"data.synthetic.shared_body: a probability in [0, 1], got {s.shared_body}")
+    if s.supersample < 1:
+        from wsss.errors import ConfigError
+
+        raise ConfigError(f"data.synthetic.supersample: a whole factor >= 1, got {s.supersample}")
     want = _settings(s.seed, s.image_size, s.num_train, s.num_aug, s.num_val, s.num_test, s.num_classes, s.write_coco,
-                     s.width_range, s.height_range, s.voc_sizes, s.scene, s.part_colours, s.decoys)
+                     s.width_range, s.height_range, s.voc_sizes, s.scene, s.part_colours, s.decoys, s.shared_body,
+                     s.supersample)
     if (root / "cls_labels.json").is_file():
         have = read_json(root / RECORD) if (root / RECORD).is_file() else {}
         if have != want:
@@ -598,7 +725,8 @@ def ensure_synthetic(cfg) -> bool:
         generate_synthetic_voc(tmp, seed=s.seed, image_size=s.image_size, num_train=s.num_train, num_aug=s.num_aug,
                                num_val=s.num_val, num_test=s.num_test, num_classes=s.num_classes, write_coco=s.write_coco,
                                width_range=s.width_range, height_range=s.height_range, voc_sizes=s.voc_sizes,
-                               scene=s.scene, part_colours=s.part_colours, decoys=s.decoys)
+                               scene=s.scene, part_colours=s.part_colours, decoys=s.decoys, shared_body=s.shared_body,
+                               supersample=s.supersample)
         if root.exists():
             root.rmdir()
         root.parent.mkdir(parents=True, exist_ok=True)

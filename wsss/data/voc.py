@@ -51,6 +51,11 @@ class VOCLayout:
         """The synthetic data's part masks (VOC and COCO have none)."""
         return self.root / "PartMasks"
 
+    @property
+    def decoy_dir(self) -> Path:
+        """The synthetic data's decoy masks (1 a decoy's visible body, 2 its part; scenes with decoys)."""
+        return self.root / "DecoyMasks"
+
     def annotation(self, image_id: str) -> Path:
         return self.annotation_dir / f"{image_id}.xml"
 
