@@ -218,6 +218,24 @@ def test_scores_divided_by_the_common_maximum():
     assert (irn_label_map(torch.zeros(1, h, w), [2], b, (20, 28)) == 0).all()
 
 
+def test_zero_boundary_control_is_the_walk_without_walls():
+    """irn.boundary: zeros (the bench's control) walks the CAM with every affinity 1: the
+    label map of image_irn_labels(None, ...) is irn_label_map on a zero boundary; a peaked
+    CAM then spreads over the whole image (no wall holds it)."""
+    from wsss.irn.labels import image_irn_labels
+
+    h, w = 6, 8
+    cam = np.zeros((2, h, w), np.float32)
+    cam[0, 1, 1] = 1.0
+    cam[1, 4, 6] = 0.5
+    image = np.random.default_rng(0).integers(0, 256, (4 * h, 4 * w, 3), dtype=np.uint8)
+    got = image_irn_labels(None, image, {"keys": np.array([1, 3]), "strided": cam}, [0.5] * 3, [0.2] * 3,
+                           exp_times=4, radius=2, canvas=32)
+    want = irn_label_map(torch.from_numpy(cam), [1, 3], torch.zeros(h, w), (4 * h, 4 * w), exp_times=4, radius=2)
+    assert np.array_equal(got, want)
+    assert (got > 0).mean() > 0.9  # the walk floods: the boundary network is what stops it
+
+
 # --------------------------------------------------------------------------
 # the network
 # --------------------------------------------------------------------------

@@ -73,6 +73,7 @@ def test_every_key_is_recorded_or_harmless(tiny_cfg):
     ("runtime.amp", "bf16", {"train_cam", "make_cam", "train_irn", "make_irn_labels", "train_seg"}),
     ("irn.beta", 8.0, {"make_irn_labels"}),
     ("irn.radius", 7, {"train_irn"}),
+    ("irn.boundary", "zeros", {"make_irn_labels"}),
     ("eval_cam.threshold_step", 0.02, {"eval_cam"}),
     ("pseudo.crf_params.gauss_compat", 3.0, {"eval_cam", "make_pseudo"}),
     ("pseudo.fg_thres", 0.4, {"make_pseudo"}),

@@ -146,7 +146,7 @@ def _eval_cam_numbers(r: dict) -> dict:
 
 
 # the random walk's settings: keys of make_irn_labels, not of the boundary network's training
-IRN_WALK_KEYS = ("irn.walk_radius", "irn.beta", "irn.exp_times", "irn.bg_thres", "irn.infer_canvas")
+IRN_WALK_KEYS = ("irn.walk_radius", "irn.beta", "irn.exp_times", "irn.bg_thres", "irn.infer_canvas", "irn.boundary")
 SEG_EVAL_KEYS = ("seg.val_split", "seg.test_split", "seg.scales", "seg.flip", "seg.crf", "seg.crf_params")
 
 

@@ -340,6 +340,9 @@ class IRNConfig(ScheduleConfig):
     bg_thres: float = 0.25  # the background plane (sem_seg_bg_thres)
     infer_canvas: int = 512  # images padded to this square for the boundary map (the reference's crop)
     walk: Literal["sparse", "dense"] = "sparse"  # dense: the reference's N x N squaring (tests, small images)
+    # the walk's boundary map: the trained network's, or zeros (a control: the walk with no
+    # boundary, every affinity 1; what the boundary network adds to the CAM's diffusion)
+    boundary: Literal["learned", "zeros"] = "learned"
     eval_split: str = "train"  # eval_irn: the labels of this split against GT ("" = skip)
     checkpoint: str = ""  # default: <irn.out_dir>/checkpoints/final.pth
     out_dir: str = ""  # default: <work_dir>/irn

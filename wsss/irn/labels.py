@@ -72,20 +72,24 @@ def irn_label_map(cams: torch.Tensor, keys, boundary: torch.Tensor, image_hw: tu
     return scores_to_labels(scores, keys, bg_thres)
 
 
-def image_irn_labels(model: BoundaryNet, image: np.ndarray, cam: dict, mean, std, beta: float = 10,
+def image_irn_labels(model: BoundaryNet | None, image: np.ndarray, cam: dict, mean, std, beta: float = 10,
                      exp_times: int = 8, radius: int = 5, bg_thres: float = 0.25, canvas: int = 512,
                      walk: str = "sparse", device: torch.device | str = "cpu") -> np.ndarray:
-    """The label map of one RGB uint8 image [H, W, 3] and its CAM file's content."""
+    """The label map of one RGB uint8 image [H, W, 3] and its CAM file's content.
+    ``model`` None: a boundary map of zeros (irn.boundary: zeros, the walk without boundaries)."""
     from wsss.data.transforms import normalize
 
     hw = image.shape[:2]
-    x = torch.from_numpy(np.ascontiguousarray(normalize(image, mean, std).transpose(2, 0, 1))).to(device)
-    boundary = boundary_map(model, x, canvas)
+    if model is None:
+        boundary = torch.zeros(feature_size(hw), device=device)
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(normalize(image, mean, std).transpose(2, 0, 1))).to(device)
+        boundary = boundary_map(model, x, canvas)
     cams = strided_cams(cam, hw).to(device)
     return irn_label_map(cams, cam["keys"], boundary, hw, beta, exp_times, radius, bg_thres, walk)
 
 
-def make_irn_labels(model: BoundaryNet, root: str | Path, ids: list[str], cam_dir: str | Path, out_dir: str | Path,
+def make_irn_labels(model: BoundaryNet | None, root: str | Path, ids: list[str], cam_dir: str | Path, out_dir: str | Path,
                     irn, mean, std, device: torch.device | str = "cpu", redo: bool = False, progress: bool = False) -> dict:
     """Label PNGs (VOC palette) for ``ids`` into ``out_dir``; finished ones are skipped
     unless ``redo``. ``irn``: the config's ``irn`` section (walk settings).
@@ -102,7 +106,8 @@ def make_irn_labels(model: BoundaryNet, root: str | Path, ids: list[str], cam_di
     if missing:
         raise DataError(f"{cam_path(cam_dir, missing[0])}: CAM file not found ({len(missing)} missing; run make_cam first)")
     out_dir.mkdir(parents=True, exist_ok=True)  # its leftover temporary files: removed by the stage's claim
-    model.eval()
+    if model is not None:
+        model.eval()
     bar = None
     if progress and todo:
         from tqdm import tqdm

@@ -91,7 +91,7 @@ def make_irn_labels_stage(cfg: Config, device: torch.device, redo: bool) -> dict
 
     irn = cfg.irn
     ids = VOCLayout(cfg.data.root).read_split(irn.split)
-    model = load_boundary_net(irn.backbone, irn.checkpoint, device)
+    model = None if irn.boundary == "zeros" else load_boundary_net(irn.backbone, irn.checkpoint, device)
     summary = make_irn_labels(model, cfg.data.root, ids, irn.cam_dir, layout.irn_labels(cfg), irn, irn.aug.mean,
                               irn.aug.std, device=device, redo=redo, progress=cfg.runtime.progress)
     summary = {"split": irn.split, **summary}

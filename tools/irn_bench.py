@@ -1,0 +1,206 @@
+"""Does IRN improve the pseudo masks it learns from? A bench on a finished run's CAMs and masks.
+
+From one run (``--source``: a work_dir that went through make_pseudo), per training seed,
+``scripts/run_pipeline.py --stages train_irn,make_irn_labels,eval_irn`` in a work_dir of its
+own for each arm:
+
+* **IRN**: relations from the run's pseudo masks (what the pipeline does);
+* **boundary map of zeros** (control: ``irn.boundary=zeros``; the walk is then a blur of
+  the CAM, and what IRN adds over it is the boundary network's);
+* **shuffled relation labels** (control: each image's relations from another image's
+  pseudo mask; a boundary network that learns from them has nothing to learn);
+* **ground-truth relations of other images** (a ceiling: the boundary network trained on
+  the ground truth of the train_aug images *outside* the scored split, whose own masks are
+  all 255; what the walk can do when the relations are right).
+
+Every arm's labels of ``irn.eval_split`` (the pseudo masks' own images) are scored against the
+ground truth, and with the synthetic data's ``PartMasks/`` split into part, body (object
+minus part) and background: the share of part and body pixels given their class, and of
+background pixels given a class. The run's own CAM, CAM+CRF and pseudo-mask numbers come
+from its ``metrics/``.
+
+    python scripts/irn_bench.py --config configs/demo/demo_synthetic.yaml --source work_dirs/demo_synthetic \\
+        --out work_dirs/irn_bench --seeds 0 1 2 --results docs/results/irn_synthetic.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from wsss.config import load_config
+from wsss.data.voc import VOCLayout
+from wsss.fileio import DataError, read_json, read_mask, write_palette_png
+from wsss.reports import REPO, md_table
+
+ARMS = ("IRN", "IRN, boundary map of zeros", "IRN, shuffled relation labels", "IRN, ground-truth relations of other images")
+SLUG = {"IRN": "irn", "IRN, boundary map of zeros": "zeros", "IRN, shuffled relation labels": "shuffled",
+        "IRN, ground-truth relations of other images": "gt_other"}
+
+
+def _copy_masks(voc: VOCLayout, ids: list[str], source: Path, out: Path, pick) -> Path:
+    """A mask folder: for each id, the file ``pick(id)`` returns (a path, or None for all 255)."""
+    if (out / ".complete").is_file():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for i in ids:
+        src = pick(i)
+        if src is None:
+            h, w = read_mask(voc.mask(i, "SegmentationClass") if voc.mask(i, "SegmentationClass").is_file()
+                             else source / f"{i}.png", 255).shape
+            write_palette_png(tmp / f"{i}.png", np.full((h, w), 255, np.uint8))
+        else:
+            shutil.copyfile(src, tmp / f"{i}.png")
+    (tmp / ".complete").write_text("")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def derangement(n: int, seed: int) -> np.ndarray:
+    """A permutation of range(n) (n > 1) that moves every index: a random order, each
+    element sent to the next one in it."""
+    order = np.random.default_rng(seed).permutation(n)
+    perm = np.empty(n, np.int64)
+    perm[order] = np.roll(order, -1)
+    return perm
+
+
+def shuffled_masks(voc: VOCLayout, ids: list[str], pseudo: Path, out: Path, seed: int) -> Path:
+    """Each id gets the pseudo mask of another id (a random derangement; images of one size)."""
+    perm = derangement(len(ids), seed)
+    sizes = {read_mask(pseudo / f"{i}.png", 255).shape for i in ids[:50]}
+    if len(sizes) > 1:
+        raise DataError(f"{pseudo}: masks of several sizes; shuffled relation labels need images of one size")
+    src = {i: pseudo / f"{ids[j]}.png" for i, j in zip(ids, perm)}
+    return _copy_masks(voc, ids, pseudo, out, src.get)
+
+
+def gt_other_masks(voc: VOCLayout, ids: list[str], scored: set[str], out: Path) -> Path:
+    """The ground truth of ids outside ``scored``; all 255 (no relation) on the scored ids."""
+    return _copy_masks(voc, ids, Path(), out, lambda i: None if i in scored else voc.mask(i, "SegmentationClassAug"))
+
+
+def regions(voc: VOCLayout, ids: list[str], labels: Path, num_classes: int) -> dict:
+    """Shares of part and body pixels given their class, of background pixels given a class
+    (255 counted as background)."""
+    hit = np.zeros(3)
+    tot = np.zeros(3)
+    for i in ids:
+        gt = read_mask(voc.mask(i, "SegmentationClass"), num_classes).astype(np.int64)
+        part = read_mask(voc.root / "PartMasks" / f"{i}.png", num_classes) > 0
+        lab = read_mask(labels / f"{i}.png", num_classes).astype(np.int64)
+        lab[lab == 255] = 0
+        obj = (gt > 0) & (gt < 255)
+        for k, (where, good) in enumerate([(part & obj, lab == gt), (obj & ~part, lab == gt), (gt == 0, lab > 0)]):
+            hit[k] += (where & good).sum()
+            tot[k] += where.sum()
+    share = hit / np.maximum(tot, 1)
+    return {"part_covered": float(share[0]), "body_covered": float(share[1]), "background_fp": float(share[2])}
+
+
+def _stat(xs: list[float]) -> dict:
+    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs),
+            "values": xs}
+
+
+def run_arm(args, arm: str, seed: int, masks: Path | None) -> Path:
+    work = Path(args.out) / SLUG[arm] / f"seed{seed}"
+    over = [f"work_dir={work}", f"seed={seed}", f"irn.cam_dir={args.source}/cams", f"irn.split={args.split}",
+            f"irn.eval_split={args.split}", f"irn.mask_dir={masks or Path(args.source) / 'pseudo'}",
+            *(["irn.boundary=zeros"] if arm == "IRN, boundary map of zeros" else []), *args.overrides]
+    if not (work / "metrics" / "irn_eval.json").is_file():
+        cmd = [sys.executable, str(REPO / "scripts" / "run_pipeline.py"), "--config", args.config, *over,
+               "--stages", "train_irn,make_irn_labels,eval_irn"]
+        print(f"[irn_bench] {arm}, seed {seed}", flush=True)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if args.quiet else None)
+    return work
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True)
+    p.add_argument("--source", required=True, help="a work_dir with cams/, pseudo/ and metrics/ (through eval_pseudo)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--split", default="train", help="the images that get IRN labels and are scored")
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    p.add_argument("--results", help="publish the table here (docs/results/irn_synthetic.json)")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, [f"work_dir={args.source}", *args.overrides])
+    voc = VOCLayout(cfg.data.root)
+    src = Path(args.source)
+    for need in (src / "cams", src / "pseudo", src / "metrics" / "pseudo_eval.json", voc.root / "PartMasks"):
+        if not need.exists():
+            raise SystemExit(f"irn_bench: {need} not found (the source run must have gone through eval_pseudo, "
+                             "on synthetic data)")
+    train_ids = voc.read_split(cfg.irn.train_split)
+    scored = voc.read_split(args.split)
+    n = cfg.data.num_classes
+    out = Path(args.out)
+    rows: dict[str, list[dict]] = {}
+    for arm in args.arms:
+        for seed in args.seeds:
+            masks = None
+            if arm == "IRN, shuffled relation labels":
+                masks = shuffled_masks(voc, train_ids, src / "pseudo", out / "masks" / f"shuffled_seed{seed}", seed)
+            elif arm == "IRN, ground-truth relations of other images":
+                masks = gt_other_masks(voc, train_ids, set(scored), out / "masks" / "gt_other")
+            work = run_arm(args, arm, seed, masks)
+            r = read_json(work / "metrics" / "irn_eval.json")
+            rows.setdefault(arm, []).append({"seed": seed, "miou": r["miou_255_as_background"],
+                                             **regions(voc, scored, work / "irn" / "labels", n)})
+    cam = read_json(src / "metrics" / "cam_eval.json")
+    pseudo = read_json(src / "metrics" / "pseudo_eval.json")
+    ref = {"cam_miou": cam["miou"], "cam_crf_miou": cam.get("miou_crf"),
+           "pseudo_miou_255_as_bg": pseudo["miou_255_as_background"],
+           "pseudo_miou_confident": pseudo["miou_confident_pixels"],
+           "pseudo_regions": regions(voc, scored, src / "pseudo", n)}
+    keys = ("miou", "part_covered", "body_covered", "background_fp")
+    arms = {a: {"runs": rs, **{k: _stat([x[k] for x in rs]) for k in keys}} for a, rs in rows.items()}
+    data = {"source": str(src), "split": args.split, "num_images": len(scored), "seeds": args.seeds,
+            "config": args.config, "overrides": args.overrides, "source_numbers": ref, "arms": arms}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "irn_bench.json").write_text(json.dumps(data, indent=1))
+    md = render_irn_bench(data)
+    (out / "irn_bench.md").write_text(md)
+    print(md)
+    if args.results:
+        from tools.published import publish
+
+        print(f"published: {publish(args.results, 'irn_synthetic', data)}")
+    return 0
+
+
+def _pm(s: dict) -> str:
+    return f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}" if s["n"] > 1 else f"{100 * s['mean']:.2f}"
+
+
+def render_irn_bench(d: dict) -> str:
+    """The table: the source run's CAM / CRF / pseudo numbers, then each arm, mean ± std over seeds."""
+    r = d["source_numbers"]
+    pr = r["pseudo_regions"]
+    pc = lambda v: f"{100 * v:.2f}"  # noqa: E731
+    rows = [["CAM (best threshold)", pc(r["cam_miou"]), "", "", "", "1"],
+            ["CAM + CRF", pc(r["cam_crf_miou"]) if r["cam_crf_miou"] is not None else "-", "", "", "", "1"],
+            ["pseudo masks (255 as background)", pc(r["pseudo_miou_255_as_bg"]), pc(pr["part_covered"]),
+             pc(pr["body_covered"]), pc(pr["background_fp"]), "1"]]
+    for arm, a in d["arms"].items():
+        rows.append([arm, _pm(a["miou"]), _pm(a["part_covered"]), _pm(a["body_covered"]), _pm(a["background_fp"]),
+                     str(a["miou"]["n"])])
+    return md_table([f"{d['split']} ({d['num_images']} images)", "mIoU", "part covered", "body covered",
+                     "background FP", "seeds"], rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
