@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -37,7 +38,8 @@ import numpy as np
 from wsss.config import load_config
 from wsss.data.voc import VOCLayout
 from wsss.fileio import DataError, read_json, read_mask, write_palette_png
-from wsss.reports import REPO, md_table
+from tools.published import _relative, publish, render_irn_bench
+from wsss.reports import REPO
 
 ARMS = ("IRN", "IRN, boundary map of zeros", "IRN, shuffled relation labels", "IRN, ground-truth relations of other images")
 SLUG = {"IRN": "irn", "IRN, boundary map of zeros": "zeros", "IRN, shuffled relation labels": "shuffled",
@@ -133,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--split", default="train", help="the images that get IRN labels and are scored")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
-    p.add_argument("--results", help="publish the table here (docs/results/irn_synthetic.json)")
+    p.add_argument("--label", help="the source's name in the published table (default: --source)")
+    p.add_argument("--results", help="publish here (docs/results/irn_synthetic.json): this source's entry is added "
+                                      "to the file's, or replaces the one of the same label")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
@@ -168,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
            "pseudo_regions": regions(voc, scored, src / "pseudo", n)}
     keys = ("miou", "part_covered", "body_covered", "background_fp")
     arms = {a: {"runs": rs, **{k: _stat([x[k] for x in rs]) for k in keys}} for a, rs in rows.items()}
-    data = {"source": str(src), "split": args.split, "num_images": len(scored), "seeds": args.seeds,
+    data = {"label": args.label or str(src), "command": shlex.join(["python", *[_relative(a) for a in sys.argv]]),
+            "source": str(src), "split": args.split, "num_images": len(scored), "seeds": args.seeds,
             "config": args.config, "overrides": args.overrides, "source_numbers": ref, "arms": arms}
     out.mkdir(parents=True, exist_ok=True)
     (out / "irn_bench.json").write_text(json.dumps(data, indent=1))
@@ -176,30 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "irn_bench.md").write_text(md)
     print(md)
     if args.results:
-        from tools.published import publish
-
-        print(f"published: {publish(args.results, 'irn_synthetic', data)}")
+        have = read_json(args.results)["data"]["sources"] if Path(args.results).is_file() else []
+        sources = [d for d in have if d["label"] != data["label"]] + [data]
+        print(f"published: {publish(args.results, 'irn_synthetic', {'sources': sources})}")
     return 0
-
-
-def _pm(s: dict) -> str:
-    return f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}" if s["n"] > 1 else f"{100 * s['mean']:.2f}"
-
-
-def render_irn_bench(d: dict) -> str:
-    """The table: the source run's CAM / CRF / pseudo numbers, then each arm, mean ± std over seeds."""
-    r = d["source_numbers"]
-    pr = r["pseudo_regions"]
-    pc = lambda v: f"{100 * v:.2f}"  # noqa: E731
-    rows = [["CAM (best threshold)", pc(r["cam_miou"]), "", "", "", "1"],
-            ["CAM + CRF", pc(r["cam_crf_miou"]) if r["cam_crf_miou"] is not None else "-", "", "", "", "1"],
-            ["pseudo masks (255 as background)", pc(r["pseudo_miou_255_as_bg"]), pc(pr["part_covered"]),
-             pc(pr["body_covered"]), pc(pr["background_fp"]), "1"]]
-    for arm, a in d["arms"].items():
-        rows.append([arm, _pm(a["miou"]), _pm(a["part_covered"]), _pm(a["body_covered"]), _pm(a["background_fp"]),
-                     str(a["miou"]["n"])])
-    return md_table([f"{d['split']} ({d['num_images']} images)", "mIoU", "part covered", "body covered",
-                     "background FP", "seeds"], rows)
 
 
 if __name__ == "__main__":

@@ -204,6 +204,7 @@ RENDERERS = {
     "benchmark_reference": lambda d: render_benchmark_reference(d["benchmark_reference"]),
     "crf_agreement": lambda d: render_crf_agreement(d["crf_agreement"]),
     "crf_throughput": lambda d: render_crf_throughput(d["crf_throughput"]),
+    "irn_synthetic": lambda d: render_irn_synthetic(d["irn_synthetic"]),
 }
 
 
@@ -602,3 +603,32 @@ def render_graded_headline(doc: dict) -> str:
     return (f"The graded bench (`{d['bench_file']}`; {made_on(doc)}; `docs/results/{Path(doc.get('path', 'compare_graded.json')).name}`):\n"
             + placeholder(doc) + "\n" + md_table(["level", "arm", "seeds", "CAM mIoU (val)", "vs baseline", "pseudo masks (train, 255 as bg)",
                                                    "vs baseline", "gates hold"], rows) + "\n" + verdicts + "\n")
+
+
+# --------------------------------------------------------------------------
+# IRN on the synthetic data (scripts/irn_bench.py)
+# --------------------------------------------------------------------------
+def _irn_pm(s: dict) -> str:
+    return f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}" if s["n"] > 1 else f"{100 * s['mean']:.2f}"
+
+
+def render_irn_bench(d: dict) -> str:
+    """The table: the source run's CAM / CRF / pseudo numbers, then each arm, mean ± std over seeds."""
+    r = d["source_numbers"]
+    pr = r["pseudo_regions"]
+    pc = lambda v: f"{100 * v:.2f}"  # noqa: E731
+    rows = [["CAM (best threshold)", pc(r["cam_miou"]), "", "", "", "1"],
+            ["CAM + CRF", pc(r["cam_crf_miou"]) if r["cam_crf_miou"] is not None else "-", "", "", "", "1"],
+            ["pseudo masks (255 as background)", pc(r["pseudo_miou_255_as_bg"]), pc(pr["part_covered"]),
+             pc(pr["body_covered"]), pc(pr["background_fp"]), "1"]]
+    for arm, a in d["arms"].items():
+        rows.append([arm, _irn_pm(a["miou"]), _irn_pm(a["part_covered"]), _irn_pm(a["body_covered"]), _irn_pm(a["background_fp"]),
+                     str(a["miou"]["n"])])
+    return md_table([f"{d['split']} ({d['num_images']} images)", "mIoU", "part covered", "body covered",
+                     "background FP", "seeds"], rows)
+
+
+def render_irn_synthetic(doc: dict) -> str:
+    """docs/irn.md's table, from a published irn_synthetic document (one per source run)."""
+    return (f"({made_on(doc)})\n\n" + "\n".join(f"**{d['label']}** (`{d['command']}`):\n\n{render_irn_bench(d)}"
+                                                   for d in doc["data"]["sources"]))
