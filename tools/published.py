@@ -63,8 +63,10 @@ def made_on(doc: dict) -> str:
 
 
 def placeholder(doc: dict) -> str:
-    """A note under the caption when the numbers were not made by the command."""
-    return f"\n> **Placeholder**: {doc['placeholder']}.\n" if doc.get("placeholder") else ""
+    """A note under the caption when the numbers were not made by the command, or were made
+    under conditions a reader must know (``note``: e.g. other jobs sharing the cores)."""
+    out = f"\n> **Placeholder**: {doc['placeholder']}.\n" if doc.get("placeholder") else ""
+    return out + (f"\n> **Note**: {doc['note']}.\n" if doc.get("note") else "")
 
 
 def _untrained(compare: dict | None) -> dict | None:
