@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "irn_bench.md").write_text(md)
     print(md)
     if args.results:
+        import torch  # noqa: F401  (the machine line names the torch the runs used)
+
         have = read_json(args.results)["data"]["sources"] if Path(args.results).is_file() else []
         sources = [d for d in have if d["label"] != data["label"]] + [data]
         print(f"published: {publish(args.results, 'irn_synthetic', {'sources': sources})}")

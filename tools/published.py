@@ -206,6 +206,7 @@ RENDERERS = {
     "benchmark_reference": lambda d: render_benchmark_reference(d["benchmark_reference"]),
     "crf_agreement": lambda d: render_crf_agreement(d["crf_agreement"]),
     "crf_throughput": lambda d: render_crf_throughput(d["crf_throughput"]),
+    "irn_synthetic": lambda d: render_irn_synthetic(d["irn_synthetic"]),
 }
 
 
