@@ -634,3 +634,29 @@ def render_irn_synthetic(doc: dict) -> str:
     """docs/irn.md's table, from a published irn_synthetic document (one per source run)."""
     return (f"({made_on(doc)})\n\n" + "\n".join(f"**{d['label']}** (`{d['command']}`):\n\n{render_irn_bench(d)}"
                                                    for d in doc["data"]["sources"]))
+
+
+def render_irn_benchmark(doc: dict) -> str:
+    """docs/irn.md's cost table, from a published irn_benchmark document (scripts/benchmark_irn.py)."""
+    d = doc["data"]
+    s = d["summary"]
+    rows = [["the walk at 500 x 375 (2 classes): seconds", f"{s['sparse_500x375_s']:.2f}",
+             f"{s['dense_copy_500x375_s']:.1f}", f"{s['reference_500x375_s']:.1f}" if s.get("reference_500x375_s") else "-"],
+            ["the walk at 500 x 375: peak memory (MiB)", f"{s['sparse_500x375_peak_mib']:.0f}",
+             f"{s['dense_copy_500x375_peak_mib']:.0f}",
+             f"{s['reference_500x375_peak_mib']:.0f}" if s.get("reference_500x375_peak_mib") else "-"]]
+    sizes = [[f"{w['w']} x {w['h']}", f"{w['seconds']:.2f}", f"{w['peak_mib']:.0f}"]
+             for w in d["walk"] if w["impl"] == "sparse"]
+    train = s.get("train_images_per_s", {})
+    out = (f"`{doc['command']}` ({made_on(doc)}):\n\n"
+           + md_table(["", "ours (sparse, float64)", "our dense copy (the reference's procedure)", "the reference's code"], rows)
+           + "\n" + md_table(["our sparse walk at", "seconds", "peak MiB"], sizes))
+    if s.get("speedup_vs_reference"):
+        out += (f"\nAt 500 x 375 ours is {s['speedup_vs_reference']:.0f}x faster than the reference's code and holds "
+                f"{s['memory_ratio_reference_over_sparse']:.0f}x less memory; its output differs from the reference's by "
+                f"{d['equality_500x375']['sparse_vs_reference_max_abs']:.1e} at most (the maximum is "
+                f"{d['equality_500x375']['reference_max']:.2f}).")
+    if train:
+        out += " Training the boundary branch (ResNet-50, frozen backbone): " + ", ".join(
+            f"{v:.2f} images/s at {k.replace('crop', 'crop ').replace('_batch', ', batch ')}" for k, v in train.items()) + "."
+    return out + "\n"
