@@ -207,6 +207,7 @@ RENDERERS = {
     "crf_agreement": lambda d: render_crf_agreement(d["crf_agreement"]),
     "crf_throughput": lambda d: render_crf_throughput(d["crf_throughput"]),
     "irn_synthetic": lambda d: render_irn_synthetic(d["irn_synthetic"]),
+    "irn_benchmark": lambda d: render_irn_benchmark(d["irn_benchmark"]),
 }
 
 
@@ -648,7 +649,7 @@ def render_irn_benchmark(doc: dict) -> str:
     sizes = [[f"{w['w']} x {w['h']}", f"{w['seconds']:.2f}", f"{w['peak_mib']:.0f}"]
              for w in d["walk"] if w["impl"] == "sparse"]
     train = s.get("train_images_per_s", {})
-    out = (f"`{doc['command']}` ({made_on(doc)}):\n\n"
+    out = (f"`{doc['command']}` ({made_on(doc)}):\n" + placeholder(doc) + "\n"
            + md_table(["", "ours (sparse, float64)", "our dense copy (the reference's procedure)", "the reference's code"], rows)
            + "\n" + md_table(["our sparse walk at", "seconds", "peak MiB"], sizes))
     if s.get("speedup_vs_reference"):
