@@ -87,15 +87,19 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_cfg):
     assert not (Path(cfg.work_dir) / "checkpoints" / "final.pth").exists()
 
 
+def _two_gloo_ranks(worker: str, port: int, overrides: list[str]) -> None:
+    """tests/<worker> under torchrun with 2 CPU processes on the baseline CAM config."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           str(REPO / "tests" / worker), str(CONFIGS / "cam/cam_r18_synthetic.yaml"), *overrides]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_ddp_two_gloo_ranks_hold_equal_weights(tiny_root, tmp_path):
     work = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29731",
-           str(REPO / "tests/ddp_worker.py"), str(CONFIGS / "cam/cam_r18_synthetic.yaml"),
-           *tiny_overrides(tiny_root, work, **{"train.max_steps": 3, "runtime.device": "cpu"})]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    _two_gloo_ranks("ddp_worker.py", 29731, tiny_overrides(tiny_root, work, **{"train.max_steps": 3, "runtime.device": "cpu"}))
     a = torch.load(work / "rank0.pth", weights_only=True)
     b = torch.load(work / "rank1.pth", weights_only=True)
     for k in a:
@@ -108,12 +112,7 @@ def test_ddp_ranks_agree_on_a_nonfinite_loss_before_a_checkpoint(tiny_root, tmp_
     """One rank's NaN reaches every rank's weights through the averaged gradients: both ranks
     stop at the same check, and rank 0 never writes a checkpoint of the poisoned weights."""
     work = tmp_path / "ddp_nan"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29733",
-           str(REPO / "tests/ddp_nan_worker.py"), str(CONFIGS / "cam/cam_r18_synthetic.yaml"),
-           *tiny_overrides(tiny_root, work, **{"runtime.device": "cpu"})]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    _two_gloo_ranks("ddp_nan_worker.py", 29733, tiny_overrides(tiny_root, work, **{"runtime.device": "cpu"}))
     for rank in (0, 1):
         assert "non-finite loss term 'sr' at step 5" in (work / f"stopped{rank}").read_text()
     state = load_checkpoint(work / "checkpoints" / "last.pth")

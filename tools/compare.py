@@ -338,8 +338,7 @@ def _gates(b: Bench, base_runs: list[dict]) -> dict:
 
 
 def run_bench(b: Bench, results: str | None = None) -> dict:
-    from tools.published import publish, render_bench
-    from wsss.reports import run_info
+    from tools.published import render_bench
 
     t0 = time.perf_counter()
     runs: dict[str, list[dict]] = {}
@@ -417,12 +416,20 @@ def run_bench(b: Bench, results: str | None = None) -> dict:
             "out": str(b.out)}
     if b.score:
         data.update({"level": b.level, "gates": gates, "ref_seed": b.ref_seed})
-    md = render_bench(data)
     made_on = read_json(Path(next(iter(runs.values()))[0]["work_dir"]) / "metrics" / "summary.json").get("made_on") if runs else None
-    atomic_write_json(b.out / "bench.json", {**data, **run_info(), "made_on": made_on})
-    atomic_write_text(b.out / "bench.md", md)
+    return _save(b.out / "bench", data, render_bench(data), made_on, results)
+
+
+def _save(stem: Path, data: dict, md: str, made_on: dict | None, results: str | None) -> dict:
+    """``<stem>.json`` (the data with the machine and commit) and ``<stem>.md``; published
+    to ``results`` when given."""
+    from tools.published import publish
+    from wsss.reports import run_info
+
+    atomic_write_json(stem.with_suffix(".json"), {**data, **run_info(), "made_on": made_on})
+    atomic_write_text(stem.with_suffix(".md"), md)
     print(md)
-    print(f"saved {b.out / 'bench.json'}")
+    print(f"saved {stem.with_suffix('.json')}")
     if results:
         print(f"published: {publish(results, Path(results).stem, data, made_on=made_on)}")
     return data
@@ -466,8 +473,7 @@ def run_graded(b: Bench, levels: dict[str, list[str]], results: str | None = Non
     import dataclasses
 
     from tools.graded import graded_summary
-    from tools.published import publish, render_graded
-    from wsss.reports import run_info
+    from tools.published import render_graded
 
     t0 = time.perf_counter()
     done = {}
@@ -485,11 +491,4 @@ def run_graded(b: Bench, levels: dict[str, list[str]], results: str | None = Non
             "wall_seconds": round(time.perf_counter() - t0, 1)}
     made_on = next((d.get("made_on") for d in (read_json(b.out / slug(n) / "bench.json") for n in levels
                                                 if (b.out / slug(n) / "bench.json").is_file()) if d.get("made_on")), None)
-    md = render_graded(data)
-    atomic_write_json(b.out / "graded.json", {**data, **run_info(), "made_on": made_on})
-    atomic_write_text(b.out / "graded.md", md)
-    print(md)
-    print(f"saved {b.out / 'graded.json'}")
-    if results:
-        print(f"published: {publish(results, Path(results).stem, data, made_on=made_on)}")
-    return data
+    return _save(b.out / "graded", data, render_graded(data), made_on, results)
