@@ -111,6 +111,30 @@ def test_shipped_configs_all_load():
         load_config(f)
 
 
+def test_voc_and_coco_configs_run_irn_with_the_reference_recipe():
+    """Every VOC/COCO experiment goes CAM -> pseudo masks -> IRN -> DeepLab on IRN's labels,
+    with IRN's recipe (GSLM's configs: its batch of 16); the synthetic ones train DeepLab on
+    the pseudo masks (docs/irn.md)."""
+    from conftest import experiment_configs
+
+    real = [f for f in experiment_configs() if "_voc12" in f.name or "_coco14" in f.name]
+    assert len(real) >= 10 and any(f.parent.name == "seg" for f in real)
+    for f in real:
+        cfg = load_config(f)
+        i = cfg.irn
+        assert cfg.seg.masks == "irn", f.name
+        if f.parent.name == "seg":  # DeepLab alone, on a CAM experiment's work_dir
+            continue
+        assert cfg.cam.save_strided, f.name
+        assert (i.backbone, i.weights, i.epochs, i.lr, i.weight_decay, i.radius) == ("resnet50", "IMAGENET1K_V1", 3, 0.1, 1e-4, 10), f.name
+        assert (i.walk_radius, i.beta, i.exp_times, i.bg_thres, i.infer_canvas, i.aug.crop_size) == (5, 10.0, 8, 0.25, 512, 512), f.name
+        assert i.batch_size == (16 if f.parent.name == "gslm" else 32), f.name
+        assert i.mask_dir == cfg.pseudo.out_dir and i.cam_dir == cfg.cam.out_dir, f.name
+    for f in experiment_configs():
+        if "synthetic" in f.name:
+            assert load_config(f).seg.masks == "pseudo", f.name
+
+
 def test_one_schedule_and_one_crf_schema():
     """Every section that trains is a ScheduleConfig and every CRF a CRFConfig, each field declared once."""
     import dataclasses
