@@ -37,7 +37,7 @@ _SAMPLES: list | None = None  # a pool worker's copy of the images and label map
 def _label_work(samples: list[dict]) -> list[dict]:
     """image, the fg and bg label maps (make_pseudo's thresholds) and n_labels per sample."""
     from tools.crf_agreement import BG_THRES, FG_THRES
-    from wsss.pseudo.make import threshold_labels
+    from wsss.pseudo.refine import threshold_labels
 
     return [{"image": s["image"], "maps": [threshold_labels(s["cams"], t) for t in (FG_THRES, BG_THRES)],
              "n": int(len(s["keys"]) + 1)} for s in samples if len(s["keys"])]
