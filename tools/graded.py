@@ -248,7 +248,7 @@ def probe_gate(config: str, overrides: list[str], out: Path) -> dict:
 # --------------------------------------------------------------------------
 # the dose-response verdict
 # --------------------------------------------------------------------------
-def _ms(values: list[float]) -> dict:
+def mean_std_n(values: list[float]) -> dict:
     vals = [v for v in values if v is not None]
     if not vals:
         return {"mean": None, "std": None, "n": 0}
@@ -326,16 +326,16 @@ def level_summary(name: str, overrides: list[str], d: dict) -> dict:
     for arm, by_seed in runs.items():
         a = {"n": len(by_seed), "splits": {}, "gains": {}, "models": {}}
         for split in SPLITS:
-            a["splits"][split] = {m: _ms([model_row(s)[split].get(m) for s in by_seed.values()]) for m in METRICS}
+            a["splits"][split] = {m: mean_std_n([model_row(s)[split].get(m) for s in by_seed.values()]) for m in METRICS}
         names = [m["name"] for m in next(iter(by_seed.values()))["models"]] if by_seed else []
         for model in names:
-            a["models"][model] = {split: _ms([(model_row(s, model) or {}).get(split, {}).get("reference") for s in by_seed.values()])
+            a["models"][model] = {split: mean_std_n([(model_row(s, model) or {}).get(split, {}).get("reference") for s in by_seed.values()])
                                   for split in SPLITS}
         if arm != BASELINE:
             for split, metric, model in VERDICT_ON + [("val", "reference", "final"), ("train", "cam_miou", "final")]:
-                a["gains"][f"{split}:{metric}"] = _ms(paired_gains(by_seed, base, split, metric, model))
+                a["gains"][f"{split}:{metric}"] = mean_std_n(paired_gains(by_seed, base, split, metric, model))
             if "round 1" in names:
-                a["gains"]["val:cam_miou@round 1"] = _ms(paired_gains(by_seed, base, "val", "cam_miou", "round 1"))
+                a["gains"]["val:cam_miou@round 1"] = mean_std_n(paired_gains(by_seed, base, "val", "cam_miou", "round 1"))
         arms[arm] = a
     ref = base.get(d.get("ref_seed", 0))
     controls = {}

@@ -26,10 +26,8 @@ from its ``metrics/``.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -38,8 +36,10 @@ import numpy as np
 
 from wsss.config import load_config
 from wsss.data.voc import VOCLayout
-from wsss.fileio import DataError, read_json, read_mask, write_palette_png
+from tools.graded import mean_std_n
 from tools.published import _relative, publish, render_irn_bench
+from wsss.fileio import DataError, atomic_write_json, atomic_write_text, read_json, read_mask, write_palette_png
+from wsss.metrics import coverage, region_map, region_rows
 from wsss.reports import REPO
 
 ARMS = ("IRN", "IRN, boundary map of zeros", "IRN, shuffled relation labels", "IRN, ground-truth relations of other images")
@@ -47,7 +47,7 @@ SLUG = {"IRN": "irn", "IRN, boundary map of zeros": "zeros", "IRN, shuffled rela
         "IRN, ground-truth relations of other images": "gt_other"}
 
 
-def _copy_masks(voc: VOCLayout, ids: list[str], source: Path, out: Path, pick) -> Path:
+def _copy_masks(voc: VOCLayout, ids: list[str], out: Path, pick) -> Path:
     """A mask folder: for each id, the file ``pick(id)`` returns (a path, or None for all 255)."""
     if (out / ".complete").is_file():
         return out
@@ -57,9 +57,8 @@ def _copy_masks(voc: VOCLayout, ids: list[str], source: Path, out: Path, pick) -
     for i in ids:
         src = pick(i)
         if src is None:
-            h, w = read_mask(voc.mask(i, "SegmentationClass") if voc.mask(i, "SegmentationClass").is_file()
-                             else source / f"{i}.png", 255).shape
-            write_palette_png(tmp / f"{i}.png", np.full((h, w), 255, np.uint8))
+            shape = read_mask(voc.mask(i, "SegmentationClassAug"), 255).shape
+            write_palette_png(tmp / f"{i}.png", np.full(shape, 255, np.uint8))
         else:
             shutil.copyfile(src, tmp / f"{i}.png")
     (tmp / ".complete").write_text("")
@@ -84,35 +83,28 @@ def shuffled_masks(voc: VOCLayout, ids: list[str], pseudo: Path, out: Path, seed
     if len(sizes) > 1:
         raise DataError(f"{pseudo}: masks of several sizes; shuffled relation labels need images of one size")
     src = {i: pseudo / f"{ids[j]}.png" for i, j in zip(ids, perm)}
-    return _copy_masks(voc, ids, pseudo, out, src.get)
+    return _copy_masks(voc, ids, out, src.get)
 
 
 def gt_other_masks(voc: VOCLayout, ids: list[str], scored: set[str], out: Path) -> Path:
     """The ground truth of ids outside ``scored``; all 255 (no relation) on the scored ids."""
-    return _copy_masks(voc, ids, Path(), out, lambda i: None if i in scored else voc.mask(i, "SegmentationClassAug"))
+    return _copy_masks(voc, ids, out, lambda i: None if i in scored else voc.mask(i, "SegmentationClassAug"))
 
 
 def regions(voc: VOCLayout, ids: list[str], labels: Path, num_classes: int) -> dict:
     """Shares of part and body pixels given their class, of background pixels given a class
-    (255 counted as background)."""
-    hit = np.zeros(3)
-    tot = np.zeros(3)
+    (255 counted as background): eval_cam's coverage (wsss.metrics) of a label folder."""
+    k, n = num_classes, num_classes + 1
+    rows = region_rows(k, False)
+    conf = np.zeros((rows, n), np.int64)
     for i in ids:
-        gt = read_mask(voc.mask(i, "SegmentationClass"), num_classes).astype(np.int64)
-        part = read_mask(voc.root / "PartMasks" / f"{i}.png", num_classes) > 0
-        lab = read_mask(labels / f"{i}.png", num_classes).astype(np.int64)
+        reg = region_map(read_mask(voc.mask(i, "SegmentationClass"), k), read_mask(voc.part_dir / f"{i}.png", k), k)
+        lab = read_mask(labels / f"{i}.png", k).astype(np.int64)
         lab[lab == 255] = 0
-        obj = (gt > 0) & (gt < 255)
-        for k, (where, good) in enumerate([(part & obj, lab == gt), (obj & ~part, lab == gt), (gt == 0, lab > 0)]):
-            hit[k] += (where & good).sum()
-            tot[k] += where.sum()
-    share = hit / np.maximum(tot, 1)
-    return {"part_covered": float(share[0]), "body_covered": float(share[1]), "background_fp": float(share[2])}
-
-
-def _stat(xs: list[float]) -> dict:
-    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs),
-            "values": xs}
+        valid = reg != 255
+        conf += np.bincount(reg[valid] * n + lab[valid], minlength=rows * n).reshape(rows, n)
+    cov = coverage(conf, [str(c) for c in range(k)])
+    return {"part_covered": cov["part"], "body_covered": cov["body"], "background_fp": cov["background_fp"]}
 
 
 def run_arm(args, arm: str, seed: int, masks: Path | None) -> Path:
@@ -177,14 +169,15 @@ def main(argv: list[str] | None = None) -> int:
            "pseudo_miou_confident": pseudo["miou_confident_pixels"],
            "pseudo_regions": regions(voc, scored, src / "pseudo", n)}
     keys = ("miou", "part_covered", "body_covered", "background_fp")
-    arms = {a: {"runs": rs, **{k: _stat([x[k] for x in rs]) for k in keys}} for a, rs in rows.items()}
+    arms = {a: {"runs": rs, **{k: {**mean_std_n(v := [x[k] for x in rs]), "values": v} for k in keys}}
+            for a, rs in rows.items()}
     data = {"label": args.label or str(src), "command": shlex.join(["python", *[_relative(a) for a in sys.argv]]),
             "source": str(src), "split": args.split, "num_images": len(scored), "seeds": args.seeds,
             "config": args.config, "overrides": args.overrides, "source_numbers": ref, "arms": arms}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "irn_bench.json").write_text(json.dumps(data, indent=1))
+    atomic_write_json(out / "irn_bench.json", data)
     md = render_irn_bench(data)
-    (out / "irn_bench.md").write_text(md)
+    atomic_write_text(out / "irn_bench.md", md)
     print(md)
     if args.results:
         import torch  # noqa: F401  (the machine line names the torch the runs used)

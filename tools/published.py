@@ -611,22 +611,16 @@ def render_graded_headline(doc: dict) -> str:
 # --------------------------------------------------------------------------
 # IRN on the synthetic data (scripts/irn_bench.py)
 # --------------------------------------------------------------------------
-def _irn_pm(s: dict) -> str:
-    return f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}" if s["n"] > 1 else f"{100 * s['mean']:.2f}"
-
-
 def render_irn_bench(d: dict) -> str:
     """The table: the source run's CAM / CRF / pseudo numbers, then each arm, mean ± std over seeds."""
     r = d["source_numbers"]
     pr = r["pseudo_regions"]
-    pc = lambda v: f"{100 * v:.2f}"  # noqa: E731
-    rows = [["CAM (best threshold)", pc(r["cam_miou"]), "", "", "", "1"],
-            ["CAM + CRF", pc(r["cam_crf_miou"]) if r["cam_crf_miou"] is not None else "-", "", "", "", "1"],
-            ["pseudo masks (255 as background)", pc(r["pseudo_miou_255_as_bg"]), pc(pr["part_covered"]),
-             pc(pr["body_covered"]), pc(pr["background_fp"]), "1"]]
+    rows = [["CAM (best threshold)", pct(r["cam_miou"]), "", "", "", "1"],
+            ["CAM + CRF", pct(r["cam_crf_miou"]), "", "", "", "1"],
+            ["pseudo masks (255 as background)", pct(r["pseudo_miou_255_as_bg"]), pct(pr["part_covered"]),
+             pct(pr["body_covered"]), pct(pr["background_fp"]), "1"]]
     for arm, a in d["arms"].items():
-        rows.append([arm, _irn_pm(a["miou"]), _irn_pm(a["part_covered"]), _irn_pm(a["body_covered"]), _irn_pm(a["background_fp"]),
-                     str(a["miou"]["n"])])
+        rows.append([arm, *(_pp(a[k]) for k in ("miou", "part_covered", "body_covered", "background_fp")), str(a["miou"]["n"])])
     return md_table([f"{d['split']} ({d['num_images']} images)", "mIoU", "part covered", "body covered",
                      "background FP", "seeds"], rows)
 
