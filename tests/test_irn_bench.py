@@ -12,11 +12,11 @@ def test_control_mask_folders(tiny_root, tmp_path):
     scored = set(voc.read_split("train"))
     gt = tiny_root / "SegmentationClassAug"
     for n, seed in [(2, 0), (7, 1), (50, 2)]:
-        p = derangement(n, seed)
+        p = derangement(n, np.random.default_rng(seed))
         assert sorted(p.tolist()) == list(range(n)) and (p != np.arange(n)).all()
     # shuffled: each image gets the mask of the image the derangement names
     sh = shuffled_masks(voc, ids, gt, tmp_path / "sh", seed=3)
-    p = derangement(len(ids), 3)
+    p = derangement(len(ids), np.random.default_rng(3))
     for k, i in enumerate(ids):
         assert (sh / f"{i}.png").read_bytes() == (gt / f"{ids[p[k]]}.png").read_bytes()
     # ground truth of other images: the scored images carry no relation (all 255)

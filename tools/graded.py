@@ -144,6 +144,15 @@ def read_scores(work: Path) -> dict | None:
 # --------------------------------------------------------------------------
 # the shuffled-targets control's masks
 # --------------------------------------------------------------------------
+def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of range(n) (n > 1) that moves every index: a random order, each
+    element sent to the next one in it (one cycle)."""
+    order = rng.permutation(n)
+    perm = np.empty(n, np.int64)
+    perm[order] = np.roll(order, -1)
+    return perm
+
+
 def write_shuffled_masks(root: Path, out: Path, split: str = "train_aug", seed: int = 0) -> Path:
     """Ground-truth masks shuffled between images: image i gets the mask of another image
     (a fixed derangement of ``split``), resized to its size (nearest), with the donor's
@@ -161,9 +170,8 @@ def write_shuffled_masks(root: Path, out: Path, split: str = "train_aug", seed: 
         return out
     layout = VOCLayout(root)
     ids = layout.read_split(split)
-    rng = np.random.default_rng([seed, 0x5F1E])
-    perm = rng.permutation(len(ids))
-    donor = {ids[perm[i]]: ids[perm[(i + 1) % len(ids)]] for i in range(len(ids))}  # a cycle: no image its own
+    perm = derangement(len(ids), np.random.default_rng([seed, 0x5F1E]))
+    donor = {i: ids[j] for i, j in zip(ids, perm)}  # no image its own
     for image_id in ids:
         own = read_mask(layout.mask(image_id, "SegmentationClassAug"))
         d = read_mask(layout.mask(donor[image_id], "SegmentationClassAug"))

@@ -36,7 +36,7 @@ import numpy as np
 
 from wsss.config import load_config
 from wsss.data.voc import VOCLayout
-from tools.graded import mean_std_n
+from tools.graded import derangement, mean_std_n
 from tools.published import _relative, publish, render_irn_bench
 from wsss.fileio import DataError, atomic_write_json, atomic_write_text, read_json, read_mask, write_palette_png
 from wsss.metrics import coverage, region_map, region_rows
@@ -67,19 +67,10 @@ def _copy_masks(voc: VOCLayout, ids: list[str], out: Path, pick) -> Path:
     return out
 
 
-def derangement(n: int, seed: int) -> np.ndarray:
-    """A permutation of range(n) (n > 1) that moves every index: a random order, each
-    element sent to the next one in it."""
-    order = np.random.default_rng(seed).permutation(n)
-    perm = np.empty(n, np.int64)
-    perm[order] = np.roll(order, -1)
-    return perm
-
-
 def shuffled_masks(voc: VOCLayout, ids: list[str], pseudo: Path, out: Path, seed: int) -> Path:
     """Each id gets the pseudo mask of another id (a random derangement; images of one size)."""
-    perm = derangement(len(ids), seed)
-    sizes = {read_mask(pseudo / f"{i}.png", 255).shape for i in ids[:50]}
+    perm = derangement(len(ids), np.random.default_rng(seed))
+    sizes = {read_mask(pseudo / f"{i}.png", 255).shape for i in ids}
     if len(sizes) > 1:
         raise DataError(f"{pseudo}: masks of several sizes; shuffled relation labels need images of one size")
     src = {i: pseudo / f"{ids[j]}.png" for i, j in zip(ids, perm)}
