@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Our make_cam, train_cam and make_pseudo side by side with plain loops of the reference
-procedure (tools/reference_loops.py) on VOC-sized synthetic images: whole-process wall time
+procedure (tools/reference_loops.py) and, given a checkout of it, the official GSLM code
+itself (tools/reference_code.py) on VOC-sized synthetic images: whole-process wall time
 of interleaved pairs, ratios (reference / ours), system CPU time, peak RSS, the CAM
 difference and the pseudo-mask identity between the sides, and our cost at N and 2N images.
 Writes <out>/benchmark_reference.{json,md}; speed is never asserted in a test.
@@ -8,6 +9,7 @@ Writes <out>/benchmark_reference.{json,md}; speed is never asserted in a test.
     python scripts/benchmark_reference.py                                  # ResNet-50, all stages, 3 pairs each
     python scripts/benchmark_reference.py --stages make_cam --repeats 5
     python scripts/benchmark_reference.py --ours runtime.channels_last=true   # an opt-in switch on our side
+    python scripts/benchmark_reference.py --reference-code ~/src/GSLM        # also the official code (and the loops' calibration)
     python scripts/benchmark_reference.py --results docs/results/benchmark_reference.json   # what docs/performance.md quotes
 """
 import argparse
@@ -36,6 +38,9 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="also profile make_cam and train_cam (torch.profiler, both sides) and make_pseudo (by part)")
     p.add_argument("--before", action="store_true", help="make_cam also as our loop was before the heap/kept-class/"
                    "CPU-batching changes (a third side; what they bought)")
+    p.add_argument("--reference-code", default=None, metavar="DIR",
+                   help="a checkout of github.com/Wheat2018/GSLM: its own steps as a third side (ResNet-50 only; "
+                        "needs imageio and matplotlib), which also calibrates the plain loops")
     p.add_argument("--ours", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for our side only")
     p.add_argument("--data-root", default=d.data_root, help="generated on first use (VOC-sized, 20 classes)")
     p.add_argument("--out", default=d.out)
@@ -48,8 +53,16 @@ def main() -> None:
                  cam_images=a.cam_images, cam_workers=a.cam_workers, train_images=a.train_images, train_batch=a.train_batch,
                  train_workers=a.train_workers, pseudo_images=a.pseudo_images,
                  pseudo_workers=[int(w) for w in a.pseudo_workers.split(",")], scaling=not a.no_scaling, ours_extra=a.ours,
-                 profile=a.profile,
-                 before=a.before)
+                 profile=a.profile, before=a.before, reference_code=a.reference_code)
+    if a.reference_code:
+        from tools.reference_code import check_checkout
+
+        try:
+            check_checkout(a.reference_code)  # before any compute
+        except ValueError as e:
+            p.error(str(e))
+        if a.backbone != "resnet50":
+            p.error("--reference-code: the GSLM code's CAM network is ResNet-50 (--backbone resnet50)")
     res = run_all(s, after_stage=lambda r: atomic_write_json(Path(a.out) / "benchmark_reference.partial.json", r))
     md = markdown(res)
     print()

@@ -193,6 +193,26 @@ def test_kept_classes_only_equal_the_full_maps_bit_for_bit(r18, flip):
     assert kept[1].shape == (0, 40, 56) and kept_st[1].shape == (0, 10, 14)
 
 
+@pytest.mark.parametrize("keep", [True, False])
+def test_flip_apart_and_largest_first_change_no_value(r18, keep):
+    """make_cam on the CPU runs each flip as a forward of its own and the scales from the
+    largest down (less memory held at once): the maps are bit for bit those of one batch per
+    scale in the given order, kept classes or all, high-res and strided."""
+    _, model = r18
+    g = torch.Generator().manual_seed(1)
+    # the largest scale in the middle, so that largest_first reorders
+    inputs = [torch.randn(2, 3, 20, 28, generator=g), torch.randn(2, 3, 40, 56, generator=g),
+              torch.randn(2, 3, 10, 14, generator=g)]
+    keys = [torch.tensor([1, 2]), torch.tensor([0])] if keep else None
+    with torch.inference_mode():
+        plain = multiscale_cam(model, inputs, (40, 56), flip=True, strided_stride=4, keys=keys)
+        lean = multiscale_cam(model, inputs, (40, 56), flip=True, strided_stride=4, keys=keys, flip_apart=True,
+                              largest_first=True)
+    for a, b in zip(plain, lean):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+
+
 def test_channels_last_make_cam_within_1e5(r18, tmp_path):
     """channels_last (runtime.channels_last, opt-in) reorders the convolutions' arithmetic:
     its CAM files stay within 1e-5 of the standard layout's at these sizes."""

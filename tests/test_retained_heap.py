@@ -11,6 +11,7 @@ from wsss.cam.make import make_cams
 from wsss.data.cam_files import cam_path, load_cam
 from wsss.data.voc import VOCLayout
 from wsss.engine.checkpoint import load_checkpoint
+from PIL import Image
 
 
 def test_retained_heap_changes_no_value(r18, monkeypatch):
@@ -58,3 +59,47 @@ def test_training_is_unchanged_by_the_heap_setting(tiny_cfg, tmp_path, monkeypat
         finals.append(load_checkpoint(train_cam(cfg, setup_runtime(cfg)))["model"])
     for k in finals[0]:
         assert torch.equal(finals[0][k], finals[1][k]), k
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def test_release_retained_memory_gives_the_free_pages_back():
+    """Inside retain_freed_memory a freed block stays resident (the next image reuses it
+    without page faults); release_retained_memory (make_cam, when the image size changes)
+    gives its pages back."""
+    import wsss.parallel as parallel
+
+    if parallel._glibc() is None:
+        pytest.skip("glibc only")
+    with parallel.retain_freed_memory():
+        x = torch.ones(64, 1024, 1024)  # 256 MiB from the heap
+        before = _rss_mib()
+        del x
+        kept = _rss_mib()
+        parallel.release_retained_memory()
+        released = _rss_mib()
+    assert kept > before - 64  # freed, still resident
+    assert released < kept - 192  # given back
+
+
+def test_make_cam_releases_the_heap_when_the_image_size_changes(tiny_cfg, tmp_path, monkeypatch):
+    """make_cam on the CPU gives the heap's free pages back at every change of image size
+    (and only then): the heap holds what one image size needs."""
+    import wsss.cam.make as make
+    from wsss.cam.training import build_cam_model
+    from wsss.data.synthetic import generate_synthetic_voc
+
+    root = tmp_path / "voc" / "VOC2012"
+    generate_synthetic_voc(root, seed=0, num_train=1, num_aug=0, num_val=6, num_test=1, num_classes=20, voc_sizes=True)
+    cfg = tiny_cfg(**{"data.root": str(root), "data.num_classes": 20, "cam.scales": [0.25], "cam.workers": 0})
+    calls = []
+    monkeypatch.setattr(make, "release_retained_memory", lambda: calls.append(1))
+    torch.manual_seed(0)
+    make_cams(cfg, build_cam_model(cfg, pretrained=False).eval(), torch.device("cpu"), split="val",
+              out_dir=tmp_path / "cams", progress=False)
+    sizes = [Image.open(VOCLayout(root).image(i)).size for i in VOCLayout(root).read_split("val")]
+    changes = sum(a != b for a, b in zip(sizes, sizes[1:]))
+    assert changes > 0 and len(calls) == changes

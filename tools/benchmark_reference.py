@@ -55,6 +55,7 @@ class Settings:
     profile: bool = False  # also where the time goes: make_cam under torch.profiler, make_pseudo by part
     ours_extra: list[str] = field(default_factory=list)  # config overrides for our side (e.g. runtime.channels_last=true)
     before: bool = False  # make_cam also as our loop was before these changes (see _child_make_cam_before)
+    reference_code: str | None = None  # a checkout of the official GSLM code: a third side, "code" (tools.reference_code)
     seed: int = 0
 
 
@@ -106,7 +107,34 @@ def prepare(s: Settings) -> dict:
         torch.manual_seed(s.seed)
         model = build_cam_model(_config(s, out / "tmp", []), pretrained=False)
         torch.save(model.state_dict(), weights)
-    return {"weights": str(weights), "splits": {k: len(v) for k, v in splits.items()}}
+    prep = {"weights": str(weights), "splits": {k: len(v) for k, v in splits.items()}}
+    if s.reference_code:
+        prep["code"] = _prepare_code(s, out, layout, splits, str(weights))
+    return prep
+
+
+def _prepare_code(s: Settings, out: Path, layout, splits: dict[str, list[str]], weights: str) -> dict:
+    """The official code's inputs (tools.reference_code.prepare) and the weights our
+    train_cam starts from (torch.manual_seed(seed), then build_cam_model), which the code gets
+    as its ImageNet weights."""
+    import torch
+
+    from tools import reference_code
+    from wsss.cam.training import build_cam_model
+
+    code = str(reference_code.check_checkout(s.reference_code))
+    init = out / f"init_{s.backbone}_seed{s.seed}.pth"
+    if not init.is_file():
+        torch.manual_seed(s.seed)
+        torch.save(build_cam_model(_config(s, out / "tmp", []), pretrained=False).state_dict(), init)
+    ids = layout.read_split("train_aug")
+    inputs = reference_code.prepare(out / "reference_code", s.data_root, {k: v for k, v in splits.items() if v}, weights,
+                                    _multi_hot(s, ids))
+    import subprocess
+
+    git = subprocess.run(["git", "-C", code, "rev-parse", "HEAD"], capture_output=True, text=True)
+    return {"code": code, "commit": git.stdout.strip() if git.returncode == 0 else None, "inputs": inputs,
+            "init_weights": str(init)}
 
 
 def _config(s: Settings, work: Path, extra: list[str]):
@@ -163,9 +191,11 @@ def run_child(kind: str, spec: dict, log_dir: Path) -> dict:
     spec_file.write_text(json.dumps(spec))
     log = log_dir / f"{kind}.log"
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # the official code's steps run in tools.reference_code (its shims, its spawned workers' main module)
+    cmd = ["tools.reference_code", kind[len("code_"):]] if kind.startswith("code_") else ["tools.benchmark_reference", kind]
     with open(log, "w") as f:
         t0 = time.perf_counter()
-        p = subprocess.Popen([sys.executable, "-m", "tools.benchmark_reference", kind, str(spec_file)], cwd=REPO,
+        p = subprocess.Popen([sys.executable, "-m", *cmd, str(spec_file)], cwd=REPO,
                              stdout=f, stderr=subprocess.STDOUT, env=env)
         _, status, ru = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
@@ -314,15 +344,21 @@ def child_main(argv: list[str]) -> None:
 # --------------------------------------------------------------------------
 # exactness
 # --------------------------------------------------------------------------
-def compare_cams(ours_dir: str | Path, ref_dir: str | Path) -> dict:
-    """Largest |ours - reference| of the high-res and strided maps over every file; keys equal."""
+def compare_cams(ours_dir: str | Path, ref_dir: str | Path, code: bool = False) -> dict:
+    """Largest |ours - reference| of the high-res and strided maps over every file; keys equal.
+    ``code``: the official code's files (a pickled dict per image, written by the benchmark's
+    own run of it) instead of the loop's."""
     from tools.reference_loops import load_cam_npy
     from wsss.data.cam_files import load_cam
 
+    def load_code(f: Path) -> dict:
+        d = np.load(f, allow_pickle=True).item()
+        return {k: np.asarray(v) for k, v in d.items()}
+
     worst = {"high_res": 0.0, "strided": 0.0}
-    files = sorted(Path(ref_dir).glob("*.npz"))
+    files = sorted(Path(ref_dir).glob("*.npy" if code else "*.npz"))
     for f in files:
-        ref = load_cam_npy(f)
+        ref = load_code(f) if code else load_cam_npy(f)
         ours = load_cam(Path(ours_dir) / f"{f.stem}.npz")
         if not np.array_equal(ours["keys"], ref["keys"]):
             raise AssertionError(f"{f.stem}: keys {ours['keys']} vs reference {ref['keys']}")
@@ -343,18 +379,19 @@ def compare_masks(ours_dir: str | Path, ref_dir: str | Path) -> dict:
 # --------------------------------------------------------------------------
 # interleaved pairs
 # --------------------------------------------------------------------------
-def _summary(pairs: list[dict], base: str = "ref") -> dict:
-    """Ratios of ``base`` (the reference, or our code before these changes) over ours, per pair."""
-    ratios = [p[base]["wall_s"] / p["ours"]["wall_s"] for p in pairs]
+def _summary(pairs: list[dict], base: str = "ref", over: str = "ours") -> dict:
+    """Ratios of ``base`` (the reference loop, the official code, or our code before these
+    changes) over ``over`` (ours; the code, for the loop's calibration), per pair."""
+    ratios = [p[base]["wall_s"] / p[over]["wall_s"] for p in pairs]
 
     def med(side: str, key: str) -> float:
         return statistics.median(p[side][key] for p in pairs)
 
     # CPU time (user + system, the process and its workers): less moved by other load than wall time
-    cpu = [(p[base]["user_s"] + p[base]["sys_s"]) / (p["ours"]["user_s"] + p["ours"]["sys_s"]) for p in pairs]
+    cpu = [(p[base]["user_s"] + p[base]["sys_s"]) / (p[over]["user_s"] + p[over]["sys_s"]) for p in pairs]
     out = {"ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios), "ratios": ratios,
            "cpu_ratio": statistics.median(cpu), "cpu_ratio_min": min(cpu), "cpu_ratio_max": max(cpu)}
-    for side in (base, "ours"):
+    for side in (base, over):
         for key in ("wall_s", "user_s", "sys_s"):
             out[f"{side}_{key}"] = med(side, key)
         out[f"{side}_peak_rss_mib"] = max(p[side]["peak_rss_mib"] for p in pairs)
@@ -362,8 +399,9 @@ def _summary(pairs: list[dict], base: str = "ref") -> dict:
 
 
 def _pairs(s: Settings, stage: str, specs: dict[str, dict], tag: str) -> dict:
-    """Every side of ``specs`` ("ref", "ours", optionally "before") once per repeat, the
-    order rotating; the summary of ref / ours, and of before / ours when present."""
+    """Every side of ``specs`` ("ref", "ours", optionally "before" and "code") once per repeat,
+    the order rotating; the summary of ref / ours, of before / ours and of code / ours when
+    present, and with the code the loop's calibration, ref / code."""
     runs = []
     logs = Path(s.out) / "logs" / tag
     sides = list(specs)
@@ -378,6 +416,9 @@ def _pairs(s: Settings, stage: str, specs: dict[str, dict], tag: str) -> dict:
     res = {**_summary(runs), "pairs": runs}
     if "before" in specs:
         res["before_over_ours"] = _summary(runs, "before")
+    if "code" in specs:
+        res["code_over_ours"] = _summary(runs, "code")
+        res["loop_over_code"] = _summary(runs, "ref", "code")
     return res
 
 
@@ -389,8 +430,13 @@ def bench_make_cam(s: Settings, prep: dict) -> dict:
     specs = {"ref": ref, "ours": ours}
     if s.before:
         specs["before"] = {**ours, "out_dir": str(out / "make_cam" / "before")}
+    if "code" in prep:
+        specs["code"] = {**prep["code"], "weights": prep["weights"], "split": "cam", "scales": s.scales, "workers": s.cam_workers,
+                         "out_dir": str(out / "make_cam" / "code")}
     res = _pairs(s, "make_cam", specs, "make_cam")
     res["cams"] = compare_cams(ours["out_dir"], ref["out_dir"])
+    if "code" in specs:
+        res["code_cams"] = compare_cams(ours["out_dir"], specs["code"]["out_dir"], code=True)
     res["ours_steady_s_per_image"] = [1 / p["ours"]["reported"]["steady_images_per_s"] for p in res["pairs"]
                                       if p["ours"]["reported"].get("steady_images_per_s")]
     return res
@@ -399,8 +445,11 @@ def bench_make_cam(s: Settings, prep: dict) -> dict:
 def bench_train_cam(s: Settings, prep: dict) -> dict:
     out = Path(s.out) / "train_cam"
     common = {"settings": asdict(s)}
-    return _pairs(s, "train_cam", {"ref": {**common, "work": str(out / "ref")}, "ours": {**common, "work": str(out / "ours")}},
-                  "train_cam")
+    specs = {"ref": {**common, "work": str(out / "ref")}, "ours": {**common, "work": str(out / "ours")}}
+    if "code" in prep:
+        specs["code"] = {**prep["code"], "split": "train", "batch": s.train_batch, "workers": s.train_workers, "lr": TRAIN_LR,
+                         "seed": s.seed, "work": str(out / "code")}
+    return _pairs(s, "train_cam", specs, "train_cam")
 
 
 def bench_make_pseudo(s: Settings, prep: dict) -> dict:
@@ -411,8 +460,17 @@ def bench_make_pseudo(s: Settings, prep: dict) -> dict:
         common = {"settings": asdict(s), "images": s.pseudo_images, "workers": w}
         ref = {**common, "cam_dir": ref_cams, "out_dir": str(out / f"ref_w{w}"), "work": str(out)}
         ours = {**common, "cam_dir": ours_cams, "out_dir": str(out / f"ours_w{w}"), "work": str(out)}
-        r = _pairs(s, "make_pseudo", {"ref": ref, "ours": ours}, f"make_pseudo_w{w}")
+        specs = {"ref": ref, "ours": ours}
+        if "code" in prep:
+            from tools.reference_code import write_code_cams
+
+            code_cams = write_code_cams(_ids(s, s.pseudo_images), ours_cams, Path(s.out) / "pseudo_cams" / "pseudo" / "code")
+            specs["code"] = {**prep["code"], "split": "pseudo", "workers": w, "cam_dir": code_cams,
+                             "out_dir": str(out / f"code_w{w}")}
+        r = _pairs(s, "make_pseudo", specs, f"make_pseudo_w{w}")
         r["masks"] = compare_masks(ours["out_dir"], ref["out_dir"])
+        if "code" in specs:
+            r["code_masks"] = compare_masks(ours["out_dir"], specs["code"]["out_dir"])
         res[f"workers_{w}"] = r
     return res
 

@@ -335,37 +335,53 @@ def _side_by_side_row(label: str, r: dict, goal: str, base: str = "ref") -> list
 
 
 def render_reference_tables(res: dict) -> str:
-    """scripts/benchmark_reference.py's tables: our stages against plain loops of the reference procedure."""
+    """scripts/benchmark_reference.py's tables: our stages against the official code (when it
+    was given) and against plain loops of the reference procedure, and the loops' calibration."""
     s = res["settings"]
     m = res["machine"]
+    code = bool(s.get("reference_code"))
     lines = [f"Machine: {m['cpus']} CPUs, {m['processor']}, torch {m['torch']}, {m['threads']} threads per process. "
-             f"{s['repeats']} interleaved pairs per row; ratio = reference wall time / ours (median, range).\n"]
-    rows = []
+             f"{s['repeats']} interleaved runs of each side per row; ratio = reference wall time / ours (median, range)"
+             + ("; *code* = the official GSLM code, *loop* = tools/reference_loops.py.\n" if code else ".\n")]
+    stages = []
     if "make_cam" in res:
-        r = res["make_cam"]
-        rows.append(_side_by_side_row(f"make_cam: {s['cam_images']} images, scales {s['scales']} + flip, {s['cam_workers']} "
-                                      f"loader worker(s)", r, f">= {REFERENCE_TARGETS['make_cam']}"))
+        stages.append((f"make_cam: {s['cam_images']} images, scales {s['scales']} + flip, {s['cam_workers']} loader worker(s)",
+                       res["make_cam"], f">= {REFERENCE_TARGETS['make_cam']}"))
+    if "train_cam" in res:
+        stages.append((f"train_cam: {s['train_images']} images, batch {s['train_batch']}, crop {s['train_crop']}, 1 epoch, "
+                       f"{s['train_workers']} loader workers", res["train_cam"], f">= {REFERENCE_TARGETS['train_cam']}"))
+    for key, r in res.get("make_pseudo", {}).items():
+        w = key.split("_")[1]
+        stages.append((f"make_pseudo: {s['pseudo_images']} images, 2 CRFs each, {w} worker(s)", r,
+                       f">= {REFERENCE_TARGETS['make_pseudo']}" if w == "2" else "-"))
+    rows = []
+    for label, r, goal in stages:
+        if "code_over_ours" in r:
+            rows.append(_side_by_side_row(f"{label}; code", r["code_over_ours"], goal, base="code"))
+        rows.append(_side_by_side_row(f"{label}; loop" if code else label, r, goal))
         if "before_over_ours" in r:
             rows.append(_side_by_side_row("make_cam, our loop before these changes (instead of the reference)",
                                           r["before_over_ours"], "-", base="before"))
-    if "train_cam" in res:
-        rows.append(_side_by_side_row(f"train_cam: {s['train_images']} images, batch {s['train_batch']}, crop {s['train_crop']}, "
-                                      f"1 epoch, {s['train_workers']} loader workers", res["train_cam"],
-                                      f">= {REFERENCE_TARGETS['train_cam']}"))
-    for key, r in res.get("make_pseudo", {}).items():
-        w = key.split("_")[1]
-        rows.append(_side_by_side_row(f"make_pseudo: {s['pseudo_images']} images, 2 CRFs each, {w} worker(s)", r,
-                                      f">= {REFERENCE_TARGETS['make_pseudo']}" if w == "2" else "-"))
     lines.append(md_table(["stage", "reference s", "ours s", "ratio (wall)", "goal", "ratio (CPU time)", "system CPU s (ref / ours)",
                            "peak RSS MiB (ref / ours)"], rows))
+    calib = [[label, f"{r['loop_over_code']['ref_wall_s']:.1f}", f"{r['loop_over_code']['code_wall_s']:.1f}",
+              _ratio_cell(r["loop_over_code"]), _cpu_cell(r["loop_over_code"])] for label, r, _ in stages if "loop_over_code" in r]
+    if calib:
+        lines.append(md_table(["calibration: the loop against the official code", "loop s", "code s", "loop / code (wall)",
+                               "loop / code (CPU time)"], calib))
     checks = []
     if "make_cam" in res:
-        c = res["make_cam"]["cams"]
-        checks.append(["CAM files (ours vs reference loop)", f"{c['files']} files, max abs diff: high-res "
-                       f"{c['max_abs_diff_high_res']:.1e}, strided {c['max_abs_diff_strided']:.1e}"])
+        for key, who in (("code_cams", "official code"), ("cams", "reference loop")):
+            if key in res["make_cam"]:
+                c = res["make_cam"][key]
+                checks.append([f"CAM files (ours vs {who})", f"{c['files']} files, max abs diff: high-res "
+                               f"{c['max_abs_diff_high_res']:.1e}, strided {c['max_abs_diff_strided']:.1e}"])
     for key, r in res.get("make_pseudo", {}).items():
-        mk = r["masks"]
-        checks.append([f"pseudo masks, {key.replace('_', ' ')}", f"{mk['identical']} of {mk['files']} pixel-identical"])
+        for mk_key, who in (("code_masks", "official code"), ("masks", "reference loop")):
+            if mk_key in r:
+                mk = r[mk_key]
+                checks.append([f"pseudo masks, {key.replace('_', ' ')} (ours vs {who})",
+                               f"{mk['identical']} of {mk['files']} pixel-identical"])
     if checks:
         lines.append(md_table(["same work", "result"], checks))
     if "scaling" in res:

@@ -1,8 +1,10 @@
 """The reference implementations' procedures written as plain loops, for side-by-side timing.
 
-Each function does what IRN's / GSLM's step script does, written here from their
-definitions with none of our batching, caching or data path: the per-image
-pipeline, the tensor shapes and the DataLoader settings are theirs. They use our
+Each function does what GSLM's step script (IRN's, where GSLM kept it) does, written here
+from their definitions with none of our batching, caching or data path: the per-image
+pipeline, the tensor shapes, the DataLoader settings and the worker processes are theirs.
+scripts/benchmark_reference.py --reference-code runs the official code beside them and
+publishes how long each loop takes against it (the calibration). They use our
 CAM network (the same layers as theirs) and our CRF parameters, so our stages and
 these loops compute the same numbers (checked in tests/test_reference_loops.py)
 and the benchmark's ratios measure only how the work is organised.
@@ -64,18 +66,23 @@ class CamDataset(Dataset):
                 "label": torch.from_numpy(self.multi_hot[name])}
 
 
-def _pair_cam(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Their CAM forward on [image, flip]: ReLU'd CAM, the pair summed as x[0] + x[1].flip(-1)."""
-    cam = F.relu(model(x)["cam"])
-    return cam[0] + cam[1].flip(-1)
+def _mixin(cams: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """Their Extractor.mixin_multi_cams: every map (all classes) upsampled, stacked, summed,
+    each class divided by its maximum + 1e-5."""
+    cams = [F.interpolate(c, size, mode="bilinear", align_corners=False) for c in cams]
+    out = torch.sum(torch.stack(cams, 0), 0)
+    out /= F.adaptive_max_pool2d(out, (1, 1)) + 1e-5
+    return out
 
 
 def make_cam(model: torch.nn.Module, root, ids: list[str], multi_hot: dict[str, np.ndarray], out_dir,
              scales=(1.0, 0.5, 1.5, 2.0), workers: int = 0, strided_stride: int = 4) -> None:
-    """step/make_cam.py's loop on the CPU (one process): one image at a time, every scale's
-    pair through the network, every class upsampled, summed, the image's classes kept and
-    normalised; the strided map likewise; saved as arrays (the reference pickles a dict: we
-    never write or read pickles, so the same arrays go into a pickle-free npz)."""
+    """GSLM's step/make_cam.py on the CPU (its one-process run): one image at a time, every
+    scale's [image, flip] pair through the network, the ReLU'd maps of the image and of the
+    flipped-back flip kept apart, all of them (every class) upsampled to the strided and to
+    the full size and mixed (summed, normalised by the maximum), the image's classes kept;
+    saved as arrays (the code pickles a dict: we never write or read pickles, so the same
+    arrays go into a pickle-free npz)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(CamDataset(root, ids, multi_hot, scales), batch_size=1, shuffle=False,
@@ -85,18 +92,16 @@ def make_cam(model: torch.nn.Module, root, ids: list[str], multi_hot: dict[str, 
         for pack in loader:
             name = pack["name"][0]
             size = (int(pack["size"][0]), int(pack["size"][1]))
-            strided_size = (int(np.ceil(size[0] / strided_stride)), int(np.ceil(size[1] / strided_stride)))
-            outputs = [_pair_cam(model, img[0]) for img in pack["img"]]
-            strided = torch.sum(torch.stack([F.interpolate(o[None], strided_size, mode="bilinear", align_corners=False)[0]
-                                             for o in outputs]), 0)
-            high = torch.sum(torch.stack([F.interpolate(o[None], size, mode="bilinear", align_corners=False)[0]
-                                          for o in outputs]), 0)
+            strided_size = ((size[0] - 1) // strided_stride + 1, (size[1] - 1) // strided_stride + 1)
+            outputs = []
+            for img in pack["img"]:
+                cam = F.relu(model(img[0])["cam"])
+                outputs += [cam[:1], cam[1:].flip(-1)]
+            strided = _mixin(outputs, strided_size)[0]
+            high = _mixin(outputs, size)[0]
             valid_cat = torch.nonzero(pack["label"][0])[:, 0]
-            strided = strided[valid_cat]
-            strided /= F.adaptive_max_pool2d(strided, (1, 1)) + 1e-5
-            high = high[valid_cat]
-            high /= F.adaptive_max_pool2d(high, (1, 1)) + 1e-5
-            np.savez(out_dir / f"{name}.npz", keys=valid_cat.numpy(), cam=strided.numpy(), high_res=high.numpy())
+            np.savez(out_dir / f"{name}.npz", keys=valid_cat.numpy(), cam=strided[valid_cat].numpy(),
+                     high_res=high[valid_cat].numpy())
 
 
 def load_cam_npy(path) -> dict:
@@ -238,24 +243,51 @@ def _pseudo_one(name: str, root: str, cam_dir: str, out_dir: str, fg_thres: floa
     bg_conf_cam = np.argmax(np.pad(cams, ((1, 0), (0, 0), (0, 0)), mode="constant", constant_values=bg_thres), axis=0)
     bg_conf = keys[crf_inference_label(img, bg_conf_cam, keys.shape[0], **crf)]
     conf = fg_conf.copy()
-    conf[fg_conf == 0] = 255
-    conf[bg_conf + fg_conf == 0] = 0
-    # imageio.imwrite(png) in theirs: Pillow's PNG writer with its default settings
-    Image.fromarray(conf.astype(np.uint8)).save(Path(out_dir) / f"{name}.png")
+    conf[(fg_conf == 0) & (bg_conf != 0)] = 255
+    # GSLM's save_palette_image: a palette PNG (Pillow's writer, default settings)
+    out = Image.fromarray(conf.astype(np.uint8)).convert("P")
+    out.putpalette(_PALETTE)
+    out.save(Path(out_dir) / f"{name}.png")
+
+
+def _voc_palette() -> list[int]:
+    pal = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal += [r, g, b]
+    return pal
+
+
+_PALETTE = _voc_palette()
+
+
+def _pseudo_worker(ids: list[str], root: str, cam_dir: str, out_dir: str, fg_thres: float, bg_thres: float,
+                   crf: dict) -> None:
+    for name in ids:
+        _pseudo_one(name, root, cam_dir, out_dir, fg_thres, bg_thres, crf)
 
 
 def make_pseudo(root, ids: list[str], cam_dir, out_dir, workers: int = 1, fg_thres: float = 0.30,
                 bg_thres: float = 0.05, crf: dict | None = None) -> None:
-    """step/make_pseudo.py: a multiprocessing pool over the ids; per image the image and its
-    CAM file read, a fg and a bg label map, each refined by a CRF of its own, combined, a PNG."""
-    from functools import partial
-
+    """GSLM's step/make_pseudo.py: ``workers`` freshly spawned processes (one at least, as its
+    torch.multiprocessing.spawn starts them), each given every workers-th id (its
+    split_dataset); per image the image and its CAM file read, a fg and a bg label map, each
+    refined by a CRF of its own, combined, a palette PNG."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    fn = partial(_pseudo_one, root=str(root), cam_dir=str(cam_dir), out_dir=str(out_dir), fg_thres=fg_thres,
-                 bg_thres=bg_thres, crf=crf or {})
-    if workers <= 1:
-        for name in ids:
-            fn(name)
-        return
-    with mp.Pool(workers) as pool:
-        pool.map(fn, ids)
+    n = max(1, workers)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_pseudo_worker, args=(list(ids[i::n]), str(root), str(cam_dir), str(out_dir), fg_thres,
+                                                       bg_thres, crf or {})) for i in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    failed = [p.exitcode for p in procs if p.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"make_pseudo (reference loop): a worker exited with {failed[0]}")

@@ -112,3 +112,13 @@ def retain_freed_memory(enabled: bool = True):
 
 
 _retaining = 0
+
+
+def release_retained_memory() -> None:
+    """Inside retain_freed_memory: give the heap's free pages back to the OS now (their
+    addresses stay reserved; the next use faults them in again). make_cam calls it when the
+    image size changes, so the heap holds what one image size needs, not the fragments of
+    every size seen (on VOC-sized images, without it, make_cam's peak grew 1.5x the reference's)."""
+    libc = _glibc() if _retaining else None
+    if libc is not None:
+        libc.malloc_trim(0)

@@ -1,7 +1,7 @@
 """Multi-scale + flip CAM inference.
 
-For each scale the image and its horizontal flip run as one batch; the flipped
-map is flipped back and added; every map is upsampled (bilinear,
+For each scale the image and its horizontal flip run as one batch (or, with
+``flip_apart``, one after the other); the flipped map is flipped back and added; every map is upsampled (bilinear,
 align_corners=False) to the image size and summed over scales. Each kept class
 map is then divided by its spatial max + 1e-5.
 """
@@ -19,7 +19,8 @@ def strided_size(hw: tuple[int, int], stride: int) -> tuple[int, int]:
 
 @torch.no_grad()
 def multiscale_cam(model: torch.nn.Module, inputs: list[torch.Tensor], out_size: tuple[int, int], flip: bool = True,
-                   strided_stride: int = 0, autocast=None, keys: list[torch.Tensor] | None = None):
+                   strided_stride: int = 0, autocast=None, keys: list[torch.Tensor] | None = None,
+                   flip_apart: bool = False, largest_first: bool = False):
     """Sum of ReLU CAMs over scales (and flips), upsampled.
 
     ``inputs``: one [B, 3, h_s, w_s] tensor per scale (a batch of equal-sized
@@ -32,43 +33,69 @@ def multiscale_cam(model: torch.nn.Module, inputs: list[torch.Tensor], out_size:
     map on its own, so the kept maps are bit for bit those of the full computation; at
     VOC sizes (1.5 of 20 classes per image) this skips most of the upsampling and the
     full-size temporaries.
+
+    Two switches change what is held in memory at once, not the values (bit for bit, the
+    sum is always taken over the scales in their given order):
+
+    * ``flip_apart``: the flipped images are a forward pass of their own instead of one
+      batch with the originals (half the activations held at once);
+    * ``largest_first``: the scales run from the largest input down, so each smaller
+      scale's activations fit in memory the larger one has just freed.
     """
     s_size = strided_size(out_size, strided_stride) if strided_stride else None
-    if keys is None:
-        high, strided = None, None
-    else:
-        high, strided = [None] * len(keys), [None] * len(keys)
-    for x in inputs:
-        b = x.shape[0]
-        batch = torch.cat([x, x.flip(-1)], 0) if flip else x
+    order = sorted(range(len(inputs)), key=lambda i: -inputs[i].shape[-1] * inputs[i].shape[-2]) if largest_first \
+        else range(len(inputs))
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
         if autocast is not None:
             with autocast():
-                cam = model.forward_cam(batch)
+                return model.forward_cam(batch).float()
+        return model.forward_cam(batch).float()
+
+    parts: dict[int, tuple] = {}  # scale index -> (high, strided) of that scale
+    for i in order:
+        x = inputs[i]
+        b = x.shape[0]
+        if flip and flip_apart:
+            cam = torch.cat([forward(x), forward(x.flip(-1))], 0)
         else:
-            cam = model.forward_cam(batch)
-        cam = cam.float()
+            cam = forward(torch.cat([x, x.flip(-1)], 0) if flip else x)
         if keys is None:
             if flip:
                 cam = cam[:b] + cam[b:].flip(-1)
-            up = F.interpolate(cam, size=out_size, mode="bilinear", align_corners=False)
-            high = up if high is None else high + up
-            if s_size is not None:
-                st = F.interpolate(cam, size=s_size, mode="bilinear", align_corners=False)
-                strided = st if strided is None else strided + st
+            parts[i] = (F.interpolate(cam, size=out_size, mode="bilinear", align_corners=False),
+                        F.interpolate(cam, size=s_size, mode="bilinear", align_corners=False) if s_size is not None else None)
             continue
+        high, strided = [], []
         for n, k in enumerate(keys):
             if k.numel() == 0:  # an image without classes: empty maps (interpolate refuses 0 channels)
-                high[n] = cam.new_zeros((0, *out_size))
-                strided[n] = cam.new_zeros((0, *s_size)) if s_size is not None else None
+                high.append(cam.new_zeros((0, *out_size)))
+                strided.append(cam.new_zeros((0, *s_size)) if s_size is not None else None)
                 continue
             c = cam[n, k] + cam[b + n, k].flip(-1) if flip else cam[n, k]
             # upsampled in the standard layout whatever the network's memory format
             c = c.contiguous()[None]
-            up = F.interpolate(c, size=out_size, mode="bilinear", align_corners=False)[0]
-            high[n] = up if high[n] is None else high[n] + up
-            if s_size is not None:
-                st = F.interpolate(c, size=s_size, mode="bilinear", align_corners=False)[0]
-                strided[n] = st if strided[n] is None else strided[n] + st
+            high.append(F.interpolate(c, size=out_size, mode="bilinear", align_corners=False)[0])
+            strided.append(F.interpolate(c, size=s_size, mode="bilinear", align_corners=False)[0] if s_size is not None else None)
+        parts[i] = (high, strided)
+        del cam
+
+    def total(j: int):  # summed over the scales in their given order
+        terms = [parts[i][j] for i in range(len(inputs))]
+        if keys is None:
+            out = terms[0]
+            for t in terms[1:]:
+                out = None if out is None else out + t
+            return out
+        sums = []
+        for n in range(len(keys)):
+            out = terms[0][n]
+            for t in terms[1:]:
+                out = None if out is None else out + t[n]
+            sums.append(out)
+        return sums
+
+    high, strided = total(0), total(1)
     if keys is not None and s_size is None:
         strided = None
     return high, strided

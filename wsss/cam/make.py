@@ -20,7 +20,7 @@ from wsss.data.voc import VOCLayout
 from wsss.engine.checkpoint import state_sha256
 from wsss.engine.distributed import barrier, get_rank, get_world_size, is_main
 from wsss.fileio import atomic_path
-from wsss.parallel import retain_freed_memory, workers_for
+from wsss.parallel import release_retained_memory, retain_freed_memory, workers_for
 from wsss.reports import md_table, save_metrics
 
 BATCH_ON_CPU = False  # cam.images_per_batch applies on CUDA (tests switch it on to check batching on the CPU)
@@ -185,8 +185,16 @@ def make_cams(cfg: Config, model: torch.nn.Module, device: torch.device, split: 
     done_times: list[tuple[int, float]] = []  # (images done, time): the steady-state rate skips start-up
 
     writer = _Writer()
+    on_cpu = device.type == "cpu"
+    last_size: list[tuple[int, int]] = []
 
     def run(group: list[dict]) -> None:
+        size = tuple(group[0]["image"].shape[:2])
+        if on_cpu and last_size and last_size[0] != size:
+            # another image size: the heap's free pages go back to the OS, so that it holds
+            # what one image size needs, not the fragments of every size seen
+            release_retained_memory()
+        last_size[:] = [size]
         # each pinned input goes to the device as it is (asynchronously) and is batched there
         inputs = [torch.stack([g["inputs"][s].to(device, non_blocking=True) for g in group]) for s in range(len(c.scales))]
         if cfg.runtime.channels_last:
@@ -196,7 +204,8 @@ def make_cams(cfg: Config, model: torch.nn.Module, device: torch.device, split: 
         # only the image's classes are upsampled and summed (the others are never saved)
         high, strided = multiscale_cam(model, inputs, (h, w), flip=c.flip,
                                        strided_stride=c.strided_stride if c.save_strided else 0, autocast=autocast,
-                                       keys=[torch.from_numpy(k).to(device) for k in keys])
+                                       keys=[torch.from_numpy(k).to(device) for k in keys], flip_apart=on_cpu,
+                                       largest_first=True)
         for n, g in enumerate(group):
             hr = normalize_cams(high[n]).cpu().numpy()
             st = normalize_cams(strided[n]).cpu().numpy() if strided is not None else None
