@@ -106,6 +106,7 @@ def prepare(out: Path, data_root: str, splits: dict[str, list[str]], cam_weights
 
     from wsss.fileio import atomic_path
 
+    out = Path(out).resolve()  # the code runs in a working directory of its own
     out.mkdir(parents=True, exist_ok=True)
     (out / "cwd" / "voc12").mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "cwd" / "voc12" / "cls_labels.npy") as tmp:
@@ -168,8 +169,15 @@ def _shims(zoo_state: dict | None, inline_spawn: bool) -> None:
         matplotlib.cm.get_cmap = lambda name=None, lut=None: matplotlib.colormaps[name or "viridis"]
 
 
+PATHS = ("out_dir", "cam_dir", "work", "weights", "init_weights")
+
+
 def _enter(spec: dict) -> None:
-    """The code first on sys.path (inherited by spawned children), its working directory."""
+    """The spec's paths made absolute, the code first on sys.path (inherited by spawned
+    children), its working directory."""
+    for key in PATHS:
+        if key in spec:
+            spec[key] = str(Path(spec[key]).resolve())
     code = spec["code"]
     if code not in sys.path:
         sys.path.insert(0, code)
