@@ -267,6 +267,34 @@ def test_dose_response_needs_a_slope_beyond_noise_and_flat_broken_controls():
     assert not dose_response(noisy)["GSLM"]["works"]
 
 
+def test_a_level_whose_gates_fail_is_kept_out_of_the_verdict():
+    """A level that breaks the premise on a baseline run is shown, not counted: the rising gain
+    it would add does not make a verdict."""
+    from tools import graded
+
+    def summary(name, over, d):
+        lv = _level(d["signal"], d["gain"])
+        return {**lv, "level": name, "gates": {"ok": d["ok"]}}
+
+    levels = {"q1.00": ([], {"signal": 0.0, "gain": (0.0, 0.005), "ok": True}),
+              "q0.50": ([], {"signal": 0.5, "gain": (0.002, 0.005), "ok": True}),
+              "q0.25": ([], {"signal": 0.75, "gain": (0.05, 0.005), "ok": False})}
+    orig = graded.level_summary
+    graded.level_summary = summary
+    try:
+        out = graded.graded_summary(levels)
+    finally:
+        graded.level_summary = orig
+    assert out["levels_out_of_the_verdict"] == ["q0.25"] and len(out["levels"]) == 3
+    assert not out["verdict"]["GSLM"]["works"]
+    levels["q0.25"][1]["ok"] = True
+    graded.level_summary = summary
+    try:
+        assert graded.graded_summary(levels)["verdict"]["GSLM"]["works"]
+    finally:
+        graded.level_summary = orig
+
+
 def test_graded_bench_file_levels_and_names(tmp_path):
     """The graded bench file: its levels set shared_body (1.0 the negative control) and a data
     root each; its arms and controls are known names; every level's run configs resolve."""
@@ -274,7 +302,7 @@ def test_graded_bench_file_levels_and_names(tmp_path):
     from tools.graded import level_signal
 
     bench = load_bench_file(REPO / "configs" / "bench" / "graded.yaml")
-    assert [level_signal(v) for v in bench["levels"].values()] == [0.0, 0.5, 0.75]
+    assert [level_signal(v) for v in bench["levels"].values()] == [0.0, 0.25, 0.5, 0.75]
     roots = {next(o for o in v if o.startswith("data.root=")) for v in bench["levels"].values()}
     assert len(roots) == len(bench["levels"])
     assert set(bench["controls"]) <= {c.name for c in CONTROLS} and set(bench["arms"]) <= set(ARMS)

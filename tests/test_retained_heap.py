@@ -86,8 +86,9 @@ def test_release_retained_memory_gives_the_free_pages_back():
 
 
 def test_make_cam_releases_the_heap_when_the_image_size_changes(tiny_cfg, tmp_path, monkeypatch):
-    """make_cam on the CPU gives the heap's free pages back at every change of image size
-    (and only then): the heap holds what one image size needs."""
+    """make_cam on the CPU runs the images in order of size and gives the heap's free pages
+    back at every change of size (and only then): once per size, and the heap holds what one
+    image size needs."""
     import wsss.cam.make as make
     from wsss.cam.training import build_cam_model
     from wsss.data.synthetic import generate_synthetic_voc
@@ -102,4 +103,5 @@ def test_make_cam_releases_the_heap_when_the_image_size_changes(tiny_cfg, tmp_pa
               out_dir=tmp_path / "cams", progress=False)
     sizes = [Image.open(VOCLayout(root).image(i)).size for i in VOCLayout(root).read_split("val")]
     changes = sum(a != b for a, b in zip(sizes, sizes[1:]))
-    assert changes > 0 and len(calls) == changes
+    assert changes > len(set(sizes)) - 1 > 0  # the split's order changes size more often than there are sizes
+    assert len(calls) == len(set(sizes)) - 1

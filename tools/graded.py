@@ -412,6 +412,10 @@ def dose_response(levels: list[dict]) -> dict:
 
 
 def graded_summary(levels: dict[str, tuple[list[str], dict]]) -> dict:
-    """levels: name -> (the level's overrides, its bench data). Ordered by body signal."""
+    """levels: name -> (the level's overrides, its bench data). Ordered by body signal. A level
+    whose gates do not hold (the premise, the part gate or the body probe failed on a run) is
+    shown but kept out of the verdict: its data lack what the comparison relies on."""
     rows = sorted((level_summary(name, over, d) for name, (over, d) in levels.items()), key=lambda lv: lv["signal"])
-    return {"levels": rows, "verdict": dose_response(rows)}
+    valid = [lv for lv in rows if (lv.get("gates") or {}).get("ok") is not False]
+    return {"levels": rows, "verdict": dose_response(valid),
+            "levels_out_of_the_verdict": [lv["level"] for lv in rows if lv not in valid]}

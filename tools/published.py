@@ -208,6 +208,7 @@ RENDERERS = {
     "crf_throughput": lambda d: render_crf_throughput(d["crf_throughput"]),
     "irn_synthetic": lambda d: render_irn_synthetic(d["irn_synthetic"]),
     "irn_benchmark": lambda d: render_irn_benchmark(d["irn_benchmark"]),
+    "node_estimate": lambda d: render_node_estimate(d["node_estimate"]),
 }
 
 
@@ -420,6 +421,12 @@ def _profile_tables(prof: dict) -> str:
         rows = [[k, f"{v * 1000:.0f}", f"{v / total:.0%}"] for k, v in mp["s_per_image"].items()]
         out.append(md_table([f"our make_pseudo by part ({mp['images']} images, 1 process)", "ms per image", "share"], rows))
     return "\n".join(out)
+
+
+def render_node_estimate(doc: dict) -> str:
+    from tools.node_estimate import render
+
+    return f"`{doc['command']}` ({made_on(doc)}):\n\n{placeholder(doc)}{render(doc['data'])}\n"
 
 
 def render_benchmark_reference(doc: dict) -> str:
