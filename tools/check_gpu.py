@@ -8,8 +8,8 @@ On a CUDA machine, in about ten minutes on one GPU and its CPUs:
    steps each) under ``torchrun --nproc_per_node=1`` with NCCL, bf16 autocast and
    channels_last; and again as two gloo ranks on the one GPU with fp16 and torch.compile;
 3. while they run, the GPU's utilisation (nvidia-smi, every 0.25 s);
-4. the CRF (pydensecrf, make_pseudo's two label CRFs per image) at 1, 8 and 16 worker
-   processes (at most the usable cores);
+4. the CRF (make_pseudo's two label CRFs per image): pydensecrf at 1, 8 and 16 worker
+   processes (at most the usable cores), and on CUDA the torch CRF on the GPU;
 5. cudnn's autotuning: the first training steps with it and without it.
 
 It prints and writes ``<out>/check_gpu.json``: images/s per stage and run, the share of each
@@ -138,12 +138,14 @@ def run_pipeline(s: Settings, name: str, ranks: int, extra: list[str], root: Pat
 
 
 def crf_rates(s: Settings, root: Path, cams: Path) -> dict:
-    """make_pseudo's CRF at several worker counts on the run's CAMs (images/s)."""
+    """make_pseudo's CRF on the run's CAMs (images/s): pydensecrf at several worker counts and,
+    on CUDA, the torch CRF on the GPU (the rate docs/performance.md's node estimate needs)."""
     from wsss.config import load_config
     from wsss.parallel import node_cores
     from wsss.pseudo.make import make_pseudo_masks
 
-    cfg = load_config(_config(s), _data_overrides(s, root) + _run_overrides(s, Path(s.out) / "crf"))
+    over = _data_overrides(s, root) + _run_overrides(s, Path(s.out) / "crf")
+    cfg = load_config(_config(s), over + ["pseudo.crf_params.backend=pydensecrf"])
     cores = node_cores()
     out = {"cores": cores}
     for w in s.crf_workers:
@@ -154,6 +156,12 @@ def crf_rates(s: Settings, root: Path, cams: Path) -> dict:
         shutil.rmtree(dst, ignore_errors=True)
         r = make_pseudo_masks(cfg, split="train_aug", cam_dir=cams, out_dir=dst, workers=w, progress=False)
         out[f"workers_{w}"] = round(r["images_per_s"], 2)
+    if s.cuda:
+        gcfg = load_config(_config(s), over + ["pseudo.crf_params.backend=torch", "runtime.device=cuda"])
+        dst = Path(s.out) / "crf" / "torch_cuda"
+        shutil.rmtree(dst, ignore_errors=True)
+        r = make_pseudo_masks(gcfg, split="train_aug", cam_dir=cams, out_dir=dst, workers=1, progress=False)
+        out["torch_on_the_gpu"] = round(r["images_per_s"], 2)
     return out
 
 
