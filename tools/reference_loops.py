@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from wsss.fileio import voc_palette
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -250,21 +252,7 @@ def _pseudo_one(name: str, root: str, cam_dir: str, out_dir: str, fg_thres: floa
     out.save(Path(out_dir) / f"{name}.png")
 
 
-def _voc_palette() -> list[int]:
-    pal = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal += [r, g, b]
-    return pal
-
-
-_PALETTE = _voc_palette()
+_PALETTE = voc_palette()  # GSLM's VOC palette (ours is the same colour map)
 
 
 def _pseudo_worker(ids: list[str], root: str, cam_dir: str, out_dir: str, fg_thres: float, bg_thres: float,
