@@ -1,13 +1,15 @@
 """Multi-scale + flip CAM inference.
 
 For each scale the image and its horizontal flip run as one batch (or, with
-``flip_apart``, one after the other); the flipped map is flipped back and added; every map is upsampled (bilinear,
-align_corners=False) to the image size and summed over scales. Each kept class
-map is then divided by its spatial max + 1e-5.
+``flip_apart``, one after the other); the flipped map is flipped back and added;
+every map is upsampled (bilinear, align_corners=False) to the image size and
+summed over scales. Each kept class map is then divided by its spatial max + 1e-5.
 """
 from __future__ import annotations
 
+import functools
 import math
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -80,25 +82,15 @@ def multiscale_cam(model: torch.nn.Module, inputs: list[torch.Tensor], out_size:
         parts[i] = (high, strided)
         del cam
 
-    def total(j: int):  # summed over the scales in their given order
-        terms = [parts[i][j] for i in range(len(inputs))]
-        if keys is None:
-            out = terms[0]
-            for t in terms[1:]:
-                out = None if out is None else out + t
-            return out
-        sums = []
-        for n in range(len(keys)):
-            out = terms[0][n]
-            for t in terms[1:]:
-                out = None if out is None else out + t[n]
-            sums.append(out)
-        return sums
+    def total(terms: list):  # ((t0 + t1) + t2) + ...: the scales in their given order
+        return None if terms[0] is None else functools.reduce(operator.add, terms)
 
-    high, strided = total(0), total(1)
-    if keys is not None and s_size is None:
-        strided = None
-    return high, strided
+    per_scale = [parts[i] for i in range(len(inputs))]
+    if keys is None:
+        return total([p[0] for p in per_scale]), total([p[1] for p in per_scale])
+    high = [total([p[0][n] for p in per_scale]) for n in range(len(keys))]
+    strided = [total([p[1][n] for p in per_scale]) for n in range(len(keys))]
+    return high, strided if s_size is not None else None
 
 
 def normalize_cams(cams: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from wsss import layout, records
 from wsss.cam.inference import multiscale_cam, normalize_cams
 from wsss.config import Config
 from wsss.data.cam_files import cam_path, save_cam
-from wsss.data.datasets import InferenceDataset, collate_single
+from wsss.data.datasets import InferenceDataset, collate_single, image_size
 from wsss.data.labels import ImageLabels
 from wsss.data.voc import VOCLayout
 from wsss.engine.checkpoint import state_sha256
@@ -37,13 +37,11 @@ def by_size(root: str | Path, ids: list[str]) -> list[str]:
     the image headers. Every image is computed on its own, so the order changes no file; it
     puts equal sizes next to each other: on CUDA they batch (cam.images_per_batch), and on the
     CPU the retained heap is released once per size instead of at every change of size."""
-    from PIL import Image
-
     layout_ = VOCLayout(root)
 
     def size(i: str) -> tuple[int, int]:
-        with Image.open(layout_.image(i)) as im:
-            return im.size[1], im.size[0]
+        w, h = image_size(layout_.image(i))
+        return h, w
 
     return sorted(ids, key=size)
 

@@ -38,7 +38,7 @@ def load_image_and_mask(layout: VOCLayout, image_id: str, mask_dir: str | None, 
     return img, mask
 
 
-def _image_size(path) -> tuple[int, int]:
+def image_size(path) -> tuple[int, int]:
     """(width, height) from the file header, without decoding the pixels."""
     try:
         with Image.open(path) as im:
@@ -53,7 +53,7 @@ def check_masks(layout: VOCLayout, ids: list[str], mask_dir: str, split_name: st
         p = layout.mask(image_id, mask_dir)
         if not p.is_file():
             raise DataError(f"{p}: mask file not found (id {image_id!r} of split {split_name or '?'})")
-        ms, im = _image_size(p), _image_size(layout.image(image_id))
+        ms, im = image_size(p), image_size(layout.image(image_id))
         if ms != im:
             raise DataError(f"{p}: mask size {ms[0]}x{ms[1]} differs from image {layout.image(image_id)} size {im[0]}x{im[1]}")
 
