@@ -40,7 +40,10 @@ def by_size(root: str | Path, ids: list[str]) -> list[str]:
     layout_ = VOCLayout(root)
 
     def size(i: str) -> tuple[int, int]:
-        w, h = image_size(layout_.image(i))
+        path = layout_.image(i)
+        if not path.is_file():
+            return 0, 0  # the dataset then names the missing file and its split
+        w, h = image_size(path)
         return h, w
 
     return sorted(ids, key=size)
