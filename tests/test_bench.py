@@ -265,6 +265,9 @@ def test_dose_response_needs_a_slope_beyond_noise_and_flat_broken_controls():
     # noisy seeds: the same rise within twice the noise is no slope
     noisy = [_level(0.0, (0.0, 0.03)), _level(1.0, (0.05, 0.03))]
     assert not dose_response(noisy)["GSLM"]["works"]
+    # one level: no verdict either way
+    one = dose_response([_level(0.0, (0.0, 0.005))])["GSLM"]
+    assert one["works"] is None and "no verdict yet" in one["why"]
 
 
 def test_a_level_whose_gates_fail_is_kept_out_of_the_verdict():

@@ -403,6 +403,10 @@ def dose_response(levels: list[dict]) -> dict:
                 broken[cname] = slope(pts, "g")
         primary = per[f"{VERDICT_ON[0][0]}:{VERDICT_ON[0][1]}"]
         sloped = sorted(c for c, s in broken.items() if s.get("grows"))
+        if "difference" not in primary:  # fewer than two levels with this arm's gains: no verdict
+            out[arm] = {"measures": per, "broken_controls": broken, "works": None,
+                        "why": "no verdict yet: fewer than two levels whose gates hold have its gains"}
+            continue
         works = bool(primary.get("grows")) and not sloped
         why = ("its gain grows with the body's class signal beyond twice the seed noise, and no broken control's does" if works
                else "its gain grows, but so does that of " + ", ".join(sloped) + ": not the method's mechanism" if primary.get("grows")

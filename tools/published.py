@@ -594,12 +594,22 @@ def render_graded(d: dict) -> str:
     out.append("#### Dose-response: the gain over the baseline against the body's class signal\n\n" + md_table(
         ["arm", "measure (split, metric)", "gain at the weakest signal", "gain at the strongest", "difference", "2 x seed noise",
          "grows"], rows))
-    out.append("\n".join(f"* **{arm}**: {'works on this bench' if v['works'] else 'does not work on this bench'}: {v['why']}."
-                         for arm, v in d["verdict"].items()) + "\n")
+    out.append("\n".join(f"* **{arm}**: {_works(v, ' on this bench')}: {v['why']}." for arm, v in d["verdict"].items()) + "\n")
+    if d.get("levels_out_of_the_verdict"):
+        out.append(_out_of_the_verdict(d) + "\n")
     nr = [f"{lv['level']}: {', '.join(lv['not_run'])}" for lv in levels if lv.get("not_run")]
     if nr:
         out.append("**Not run** (`scripts/compare_methods.py` resumes and adds them): " + "; ".join(nr) + ".\n")
     return "\n".join(out)
+
+
+def _works(v: dict, where: str = "") -> str:
+    return {True: f"works{where}", False: f"does not work{where}", None: "no verdict"}[v["works"]]
+
+
+def _out_of_the_verdict(d: dict) -> str:
+    return ("Kept out of the verdict, their gates not holding (shown above, not counted): "
+            + ", ".join(d["levels_out_of_the_verdict"]) + ".")
 
 
 def _slope_cells(s: dict) -> list[str]:
@@ -624,11 +634,11 @@ def render_graded_headline(doc: dict) -> str:
             rows.append([_level_name(lv), arm, str(a["n"]), _pp(a["splits"]["val"]["cam_miou"]), _signed(a["gains"].get("val:cam_miou")),
                          _pp(a["splits"]["train"]["pseudo_miou_255_as_bg"]), _signed(a["gains"].get("train:pseudo_miou_255_as_bg")),
                          {True: "yes", False: "**no**", None: "incomplete"}[(lv.get("gates") or {}).get("ok")]])
-    verdicts = " ".join(f"**{arm}**: {'works' if v['works'] else 'does not work'} on this bench ({v['why']})."
-                        for arm, v in d["verdict"].items())
+    verdicts = " ".join(f"**{arm}**: {_works(v, ' on this bench')} ({v['why']})." for arm, v in d["verdict"].items())
     return (f"The graded bench (`{d['bench_file']}`; {made_on(doc)}; `docs/results/{Path(doc.get('path', 'compare_graded.json')).name}`):\n"
             + placeholder(doc) + "\n" + md_table(["level", "arm", "seeds", "CAM mIoU (val)", "vs baseline", "pseudo masks (train, 255 as bg)",
-                                                   "vs baseline", "gates hold"], rows) + "\n" + verdicts + "\n")
+                                                   "vs baseline", "gates hold"], rows) + "\n" + verdicts
+            + (" " + _out_of_the_verdict(d) if d.get("levels_out_of_the_verdict") else "") + "\n")
 
 
 # --------------------------------------------------------------------------
