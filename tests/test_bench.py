@@ -267,7 +267,7 @@ def test_dose_response_needs_a_slope_beyond_noise_and_flat_broken_controls():
     assert not dose_response(noisy)["GSLM"]["works"]
     # one level: no verdict either way
     one = dose_response([_level(0.0, (0.0, 0.005))])["GSLM"]
-    assert one["works"] is None and "no verdict yet" in one["why"]
+    assert one["works"] is None and "fewer than two levels" in one["why"]
 
 
 def test_a_level_whose_gates_fail_is_kept_out_of_the_verdict():

@@ -405,7 +405,7 @@ def dose_response(levels: list[dict]) -> dict:
         sloped = sorted(c for c, s in broken.items() if s.get("grows"))
         if "difference" not in primary:  # fewer than two levels with this arm's gains: no verdict
             out[arm] = {"measures": per, "broken_controls": broken, "works": None,
-                        "why": "no verdict yet: fewer than two levels whose gates hold have its gains"}
+                        "why": "fewer than two levels whose gates hold have its gains yet"}
             continue
         works = bool(primary.get("grows")) and not sloped
         why = ("its gain grows with the body's class signal beyond twice the seed noise, and no broken control's does" if works
