@@ -29,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tools.reference_code import RESULT_TAG  # one tag for every child's results line
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "cam" / "cam_r50_voc12.yaml"
-RESULT_TAG = "BENCHMARK_RESULT "
 TRAIN_LR = 0.001
 
 
