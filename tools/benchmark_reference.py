@@ -131,8 +131,6 @@ def _prepare_code(s: Settings, out: Path, layout, splits: dict[str, list[str]], 
     ids = layout.read_split("train_aug")
     inputs = reference_code.prepare(out / "reference_code", s.data_root, {k: v for k, v in splits.items() if v}, weights,
                                     _multi_hot(s, ids))
-    import subprocess
-
     git = subprocess.run(["git", "-C", code, "rev-parse", "HEAD"], capture_output=True, text=True)
     return {"code": code, "commit": git.stdout.strip() if git.returncode == 0 else None, "inputs": inputs,
             "init_weights": str(init)}
