@@ -238,9 +238,9 @@ def test_part_gate_between_chance_and_the_part():
     assert [g["per_class"][c]["ok"] for c in "abcd"] == [True, True, False, False] and not g["ok"]
 
 
-def _level(signal, gains, controls=None, base_std=0.005):
-    ms = lambda v: {"mean": v[0], "std": v[1], "n": 3}  # noqa: E731
-    return {"signal": signal, "arms": {BASELINE: {"splits": {"val": {"cam_miou": {"mean": 0.45, "std": base_std, "n": 3}}}, "gains": {}},
+def _level(signal, gains, controls=None, base_std=0.005, n=3):
+    ms = lambda v: {"mean": v[0], "std": v[1], "n": n}  # noqa: E731
+    return {"signal": signal, "arms": {BASELINE: {"splits": {"val": {"cam_miou": {"mean": 0.45, "std": base_std, "n": n}}}, "gains": {}},
                                        "GSLM": {"gains": {"val:cam_miou": ms(gains), "train:reference": ms(gains),
                                                           "train:pseudo_miou_255_as_bg": ms(gains),
                                                           "train:pseudo_miou_confident": ms(gains)}}},
@@ -268,6 +268,27 @@ def test_dose_response_needs_a_slope_beyond_noise_and_flat_broken_controls():
     # one level: no verdict either way
     one = dose_response([_level(0.0, (0.0, 0.005))])["GSLM"]
     assert one["works"] is None and "fewer than two levels" in one["why"]
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_dose_response_calls_nothing_before_three_seeds(n):
+    """A bench part-way through (one or two seeds per arm and level) shows its slopes but calls
+    none of them: one seed's std is 0, which would make any difference 'beyond the noise'."""
+    from tools.graded import dose_response
+    from tools.published import _slope_cells
+
+    base_std = 0.0 if n == 1 else 0.005
+    rising = [_level(0.0, (0.0, base_std), {"GSLM, sr_weight 0": 0.0}, base_std, n),
+              _level(1.0, (0.05, base_std), {"GSLM, sr_weight 0": 0.03}, base_std, n)]
+    v = dose_response(rising)["GSLM"]
+    assert v["works"] is None and f"{n} paired training seed" in v["why"]
+    s = v["measures"]["val:cam_miou"]
+    assert s["grows"] is None and s["difference"] == pytest.approx(0.05)
+    assert v["broken_controls"]["GSLM, sr_weight 0"]["grows"] is None
+    cells = _slope_cells(s)
+    assert cells[-1] == f"not called ({n} seed{'s' if n > 1 else ''})" and (cells[3] == "-") == (n == 1)
+    # the third seed makes the call
+    assert dose_response([_level(0.0, (0.0, 0.005)), _level(1.0, (0.05, 0.005))])["GSLM"]["works"]
 
 
 def test_a_level_whose_gates_fail_is_kept_out_of_the_verdict():

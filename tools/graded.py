@@ -286,8 +286,9 @@ def paired_gains(arm_runs: dict[int, dict], base_runs: dict[int, dict], split: s
 def slope(levels: list[dict], key: str) -> dict:
     """From levels ordered by body signal: the gain at the strongest signal minus the gain at
     none, against twice the seed noise of that difference (sqrt of the two levels' summed
-    variances); ``works`` only beyond it and when no level in between falls below the
-    no-signal level's gain by more than its noise."""
+    variances); ``grows`` only beyond it and when no level in between falls below the
+    no-signal level's gain by more than its noise; None (no call either way) while either end
+    has fewer than MIN_SEEDS paired seeds (one seed has no noise to compare against)."""
     pts = [(lv["signal"], lv[key]) for lv in levels if lv.get(key) and lv[key]["mean"] is not None]
     if len(pts) < 2:
         return {"ok": False, "why": "fewer than two levels"}
@@ -296,8 +297,10 @@ def slope(levels: list[dict], key: str) -> dict:
     noise = 2 * float(np.sqrt((g0["std"] or 0) ** 2 + (g1["std"] or 0) ** 2))
     diff = g1["mean"] - g0["mean"]
     monotone = all(g["mean"] >= g0["mean"] - noise for _, g in pts[1:])
+    seeds = min(g0.get("n", 0), g1.get("n", 0))
     return {"from_signal": s0, "to_signal": s1, "gain_at_none": g0["mean"], "gain_at_most": g1["mean"], "difference": diff,
-            "noise": noise, "grows": bool(diff > noise and monotone), "by_level": [(s, g["mean"]) for s, g in pts]}
+            "noise": noise, "seeds": seeds, "grows": bool(diff > noise and monotone) if seeds >= MIN_SEEDS else None,
+            "by_level": [(s, g["mean"]) for s, g in pts]}
 
 
 # --------------------------------------------------------------------------
@@ -311,6 +314,7 @@ VERDICT_ON = [("val", "cam_miou", "final"), ("train", "reference", "final"), ("t
 BROKEN_OF = {"GSLM": ["GSLM, sr_weight 0", "GSLM, shuffled ground-truth SR targets", "GSLM, shifted ground-truth SR targets"],
              "PPL progressive": ["PPL progressive, grid 1", "PPL progressive, permuted merge"]}
 GT_CONTROL = "GSLM, ground-truth SR targets"
+MIN_SEEDS = 3  # paired training seeds at both ends of a slope before it is called (the issue's three per arm and level)
 
 
 def level_signal(overrides: list[str]) -> float:
@@ -398,7 +402,7 @@ def dose_response(levels: list[dict]) -> dict:
                 c = lv["controls"].get(cname)
                 b = lv["arms"].get(BASELINE, {}).get("splits", {}).get("val", {}).get("cam_miou")
                 if c and c.get("gains", {}).get("val:cam_miou") is not None and b:
-                    pts.append({"signal": lv["signal"], "g": {"mean": c["gains"]["val:cam_miou"], "std": b["std"]}})
+                    pts.append({"signal": lv["signal"], "g": {"mean": c["gains"]["val:cam_miou"], "std": b["std"], "n": b["n"]}})
             if pts:
                 broken[cname] = slope(pts, "g")
         primary = per[f"{VERDICT_ON[0][0]}:{VERDICT_ON[0][1]}"]
@@ -406,6 +410,10 @@ def dose_response(levels: list[dict]) -> dict:
         if "difference" not in primary:  # fewer than two levels with this arm's gains: no verdict
             out[arm] = {"measures": per, "broken_controls": broken, "works": None,
                         "why": "fewer than two levels whose gates hold have its gains yet"}
+            continue
+        if primary["grows"] is None:
+            out[arm] = {"measures": per, "broken_controls": broken, "works": None,
+                        "why": f"{primary['seeds']} paired training seed(s) at the levels it compares, fewer than {MIN_SEEDS}"}
             continue
         works = bool(primary.get("grows")) and not sloped
         why = ("its gain grows with the body's class signal beyond twice the seed noise, and no broken control's does" if works

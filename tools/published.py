@@ -547,10 +547,11 @@ def render_graded(d: dict) -> str:
         ["level", "arm", "CAM mIoU (val)", "CAM+CRF (val)", "CAM mIoU (train)", "pseudo masks, 255 as bg (train)",
          "pseudo masks, confident (train)", "body covered (val)", "background FP (val)", "decoy-body FP (val)",
          "CAM mIoU (val) vs baseline, paired by seed", "share of the ground-truth control's gap (val)"], rows)
-        + "\n" + "".join(f"* {_level_name(lv)}: the ground-truth control's gap (val CAM mIoU over the baseline of its seed) "
-                          f"{_signed(lv.get('gt_gap'))}" + ("" if lv.get("gt_gap_beyond_noise") else
-                                                            ", not beyond twice the baseline's seed noise: no share is computed")
-                          + ".\n" for lv in levels if "gt_gap" in lv))
+        + "\n" + "".join(f"* {_level_name(lv)}: " + (
+            "the ground-truth control has not run: no share is computed" if lv.get("gt_gap") is None else
+            f"the ground-truth control's gap (val CAM mIoU over the baseline of its seed) {_signed(lv['gt_gap'])}"
+            + ("" if lv.get("gt_gap_beyond_noise") else ", not beyond twice the baseline's seed noise: no share is computed"))
+            + ".\n" for lv in levels if "gt_gap" in lv))
     # the reference's protocol
     rows = []
     for lv in levels:
@@ -615,8 +616,10 @@ def _out_of_the_verdict(d: dict) -> str:
 def _slope_cells(s: dict) -> list[str]:
     if "difference" not in s:
         return ["-", "-", "-", "-", s.get("why", "-")]
-    return [_signed(s["gain_at_none"]), _signed(s["gain_at_most"]), _signed(s["difference"]), f"{100 * s['noise']:.2f}",
-            "yes" if s["grows"] else "no"]
+    seeds = s.get("seeds", 3)
+    return [_signed(s["gain_at_none"]), _signed(s["gain_at_most"]), _signed(s["difference"]),
+            f"{100 * s['noise']:.2f}" if seeds >= 2 else "-",
+            {True: "yes", False: "no", None: f"not called ({seeds} seed{'s' if seeds != 1 else ''})"}[s["grows"]]]
 
 
 def render_compare_graded(doc: dict) -> str:
