@@ -56,6 +56,14 @@ def main() -> None:
     p.add_argument("--results", default=None, metavar="JSON", help="also publish the bench there, with the machine and commit")
     p.add_argument("overrides", nargs="*", help="dotted overrides applied to every run's config")
     a = p.parse_args()
+    # a KEY=VALUE after a list option (--controls A B runtime.threads=1) is an override, not a name:
+    # no arm, control or level has "=" in its name
+    for opt in ("arms", "heldout_arms", "controls", "levels"):
+        names = getattr(a, opt)
+        if names:
+            a.overrides += [n for n in names if "=" in n]
+            kept = [n for n in names if "=" not in n]
+            setattr(a, opt, kept if kept or opt == "heldout_arms" else None)  # --heldout-arms with no name: none
     from tools.compare import ARMS, CONTROLS, DEFAULT_BENCH_FILE, DEFAULT_CONTROLS, REPO, Bench, load_bench_file, run_bench, run_graded
 
     bench_file = a.bench or DEFAULT_BENCH_FILE  # the default: relative to the repository, wherever this runs

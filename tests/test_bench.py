@@ -164,7 +164,11 @@ def test_part_reliance_tells_a_part_detector_from_a_shortcut(tiny_root, tmp_path
     assert all(0 <= m["with_part"] <= 1 for m in out["per_class"].values())
 
 
-def test_compare_methods_reads_its_bench_file(tmp_path):
+@pytest.mark.parametrize("argv", [["train.epochs=3", "--arms", BASELINE, "--heldout-arms"],
+                                  # an override after a list option is still an override, not a name
+                                  ["--arms", BASELINE, "train.epochs=3", "--heldout-arms"],
+                                  ["--heldout-arms", "--arms", BASELINE, "--controls", "untrained network", "train.epochs=3"]])
+def test_compare_methods_reads_its_bench_file(tmp_path, argv):
     """The script end to end without a run (--collect-only): the default bench file's overrides
     reach the record, the command line's come after them, and every run not made is listed."""
     import json
@@ -172,8 +176,8 @@ def test_compare_methods_reads_its_bench_file(tmp_path):
     import sys
 
     out = tmp_path / "bench"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "compare_methods.py"), "--out", str(out), "--collect-only",
-                           "train.epochs=3", "--arms", BASELINE, "--heldout-arms"], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "compare_methods.py"), "--out", str(out), "--collect-only", *argv],
+                          cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     rec = json.loads((out / "bench.json").read_text())
     assert rec["bench_file"] == DEFAULT_BENCH_FILE
