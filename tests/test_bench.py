@@ -349,3 +349,22 @@ def test_graded_bench_file_levels_and_names(tmp_path):
         bad.write_text(text)
         with pytest.raises(ConfigError, match=match):
             load_bench_file(bad)
+
+
+@pytest.mark.parametrize("seeds, share", [((0,), None), ((0, 1, 2), 0.5)])
+def test_ground_truth_gap_share_waits_for_the_baselines_noise(seeds, share):
+    """The share of the ground-truth control's gap an arm closes is computed only where the gap
+    is known to exceed twice the baseline's seed noise: one baseline seed has a std of 0."""
+    from tools import graded
+
+    def scores(cam):
+        split = {m: 0.4 for m in graded.METRICS} | {"cam_miou": cam}
+        return {"models": [{"name": "final", "train": split, "val": split}]}
+
+    d = {"runs": {BASELINE: [{"seed": s, "scores": scores(0.450 + 0.001 * s)} for s in seeds],
+                  "GSLM": [{"seed": s, "scores": scores(0.455 + 0.001 * s)} for s in seeds]},
+         "controls": [{"name": graded.GT_CONTROL, "arm": "GSLM", "scores": scores(0.460)}], "ref_seed": 0}
+    lv = graded.level_summary("q1.00", ["data.synthetic.shared_body=1.0"], d)
+    assert lv["gt_gap"] == pytest.approx(0.010) and lv["gt_gap_beyond_noise"] == (share is not None)
+    got = lv["arms"]["GSLM"]["gt_gap_share"]
+    assert got is None if share is None else got == pytest.approx(share)

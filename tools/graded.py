@@ -364,10 +364,11 @@ def level_summary(name: str, overrides: list[str], d: dict) -> dict:
                                 if final[split].get(m) is not None and r[split].get(m) is not None}
         controls[c["name"]] = row
     # the share of the ground-truth control's gap an arm closes, where there is a gap to close:
-    # the control's gain beyond twice the baseline's seed noise
+    # the control's gain beyond twice the baseline's seed noise (which takes MIN_SEEDS seeds to know)
     gt = controls.get(GT_CONTROL, {}).get("gains", {}).get("val:cam_miou")
-    base_std = (arms.get(BASELINE, {}).get("splits", {}).get("val", {}).get("cam_miou") or {}).get("std") or 0.0
-    gap = gt if gt is not None and gt > 2 * base_std else None
+    base_val = arms.get(BASELINE, {}).get("splits", {}).get("val", {}).get("cam_miou") or {}
+    base_std, base_n = base_val.get("std") or 0.0, base_val.get("n", 0)
+    gap = gt if gt is not None and base_n >= MIN_SEEDS and gt > 2 * base_std else None
     for arm, a in arms.items():
         g = a["gains"].get("val:cam_miou", {}).get("mean")
         a["gt_gap_share"] = g / gap if g is not None and gap else None

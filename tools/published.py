@@ -550,7 +550,7 @@ def render_graded(d: dict) -> str:
         + "\n" + "".join(f"* {_level_name(lv)}: " + (
             "the ground-truth control has not run: no share is computed" if lv.get("gt_gap") is None else
             f"the ground-truth control's gap (val CAM mIoU over the baseline of its seed) {_signed(lv['gt_gap'])}"
-            + ("" if lv.get("gt_gap_beyond_noise") else ", not beyond twice the baseline's seed noise: no share is computed"))
+            + ("" if lv.get("gt_gap_beyond_noise") else ", not known to be beyond twice the baseline's seed noise (three seeds): no share is computed"))
             + ".\n" for lv in levels if "gt_gap" in lv))
     # the reference's protocol
     rows = []
